@@ -1,0 +1,10 @@
+//! The contract every Squeal party shares.
+//!
+//! Applications, `squeal` and `squeal-router` must agree byte for byte on three formats, so
+//! they live here, in a crate with no runtime dependencies that any of them can link:
+//!
+//! - memcache key rules ([`key`]): what a legal key is, checked the same way everywhere;
+//! - the SQL annotation format that embeds invalidation keys in a statement comment;
+//! - remote-marker key naming, and the invalidation batch wire format.
+
+pub mod key;

@@ -1,0 +1,25 @@
+//! Test harness: starts the real servers Squeal works with (MariaDB with its binlog,
+//! memcached, twemproxy, the tansu Kafka-protocol broker) and Squeal's own programs, on
+//! loopback, with ports picked at run time.
+//!
+//! Every server is a [`process::Server`]: it is killed when dropped, also when a test
+//! panics, and in that case its working directory (logs, datadir) is kept and its path
+//! printed, so a failure can be read after the fact.
+//!
+//! The first server started in a test process runs `tests/setup.sh`, which installs whatever
+//! is missing, so `cargo test` works on a fresh machine.
+
+pub mod kafka;
+pub mod mariadb;
+pub mod memcache;
+pub mod memcached;
+pub mod process;
+pub mod project;
+pub mod twemproxy;
+
+pub use kafka::Broker;
+pub use mariadb::MariaDb;
+pub use memcache::McClient;
+pub use memcached::Memcached;
+pub use process::{free_port, Server};
+pub use twemproxy::Twemproxy;

@@ -1,0 +1,81 @@
+//! twemproxy (nutcracker), the peer the router is measured against and placement-checked with.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::process::{free_port, loopback, server_dir, setup, Server};
+
+/// One nutcracker instance over a set of memcached servers, killed on drop.
+pub struct Twemproxy {
+    pub server: Server,
+    pub stats_port: u16,
+}
+
+/// How twemproxy spreads keys; the router must place keys identically for the same settings.
+#[derive(Debug, Clone)]
+pub struct TwemproxyPool {
+    /// `host:port` and weight of each server, in order.
+    pub servers: Vec<(String, u32)>,
+    /// `ketama`, `modula` or `random`.
+    pub distribution: String,
+    /// `md5`, `fnv1a_64`, `one_at_a_time`, ... (twemproxy's names).
+    pub hash: String,
+}
+
+impl TwemproxyPool {
+    /// Ketama over md5, the libmemcached-compatible setting most fleets use.
+    pub fn ketama(servers: &[String]) -> TwemproxyPool {
+        TwemproxyPool {
+            servers: servers.iter().map(|s| (s.clone(), 1)).collect(),
+            distribution: "ketama".into(),
+            hash: "md5".into(),
+        }
+    }
+}
+
+impl Twemproxy {
+    pub fn start(pool: &TwemproxyPool) -> Result<Twemproxy> {
+        setup();
+        let port = free_port();
+        let stats_port = free_port();
+        let dir = server_dir("twemproxy")?;
+        let mut conf = String::new();
+        writeln!(conf, "squeal:")?;
+        writeln!(conf, "  listen: 127.0.0.1:{port}")?;
+        writeln!(conf, "  hash: {}", pool.hash)?;
+        writeln!(conf, "  distribution: {}", pool.distribution)?;
+        writeln!(conf, "  timeout: 1000")?;
+        writeln!(conf, "  backlog: 1024")?;
+        writeln!(conf, "  preconnect: true")?;
+        writeln!(conf, "  auto_eject_hosts: false")?;
+        writeln!(conf, "  servers:")?;
+        for (addr, weight) in &pool.servers {
+            writeln!(conf, "   - {addr}:{weight}")?;
+        }
+        let conf_path = dir.path().join("nutcracker.yml");
+        std::fs::write(&conf_path, conf)?;
+        let mut cmd = Command::new("nutcracker");
+        cmd.arg("-c")
+            .arg(&conf_path)
+            .args(["-s", &stats_port.to_string(), "-a", "127.0.0.1"])
+            .arg("-o")
+            .arg(dir.path().join("nutcracker.out"))
+            .arg("-p")
+            .arg(dir.path().join("nutcracker.pid"));
+        let server = Server::spawn(
+            "twemproxy",
+            dir,
+            cmd,
+            loopback(port),
+            Duration::from_secs(10),
+        )?;
+        Ok(Twemproxy { server, stats_port })
+    }
+
+    pub fn addr(&self) -> String {
+        self.server.addr.to_string()
+    }
+}
