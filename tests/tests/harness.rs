@@ -82,7 +82,11 @@ async fn mariadb_binlog_streams_written_rows() -> Result<()> {
     }
     assert_eq!(inserted, 2, "two inserted rows in the binlog");
     assert_eq!(updated, 1, "one updated row in the binlog");
-    assert_eq!(column_names, ["id", "email"], "FULL row metadata names columns");
+    assert_eq!(
+        column_names,
+        ["id", "email"],
+        "FULL row metadata names columns"
+    );
     Ok(())
 }
 
@@ -93,7 +97,10 @@ fn memcached_and_twemproxy_store_and_serve() -> Result<()> {
     let servers = Memcached::start_many(2)?;
     let mut direct = McClient::connect(&servers[0].addr())?;
     direct.set("harness:direct", b"hello")?;
-    assert_eq!(direct.get("harness:direct")?.as_deref(), Some(&b"hello"[..]));
+    assert_eq!(
+        direct.get("harness:direct")?.as_deref(),
+        Some(&b"hello"[..])
+    );
     assert_eq!(direct.delete("harness:direct")?, "DELETED");
     assert_eq!(direct.get("harness:direct")?, None);
 
@@ -169,20 +176,36 @@ fn a_server_that_cannot_start_fails_with_its_log() -> Result<()> {
     let first = Memcached::start()?;
     let dir = harness::process::server_dir("memcached-clash")?;
     let mut cmd = std::process::Command::new("memcached");
-    cmd.args(["-l", "127.0.0.1", "-p", &first.port().to_string(), "-U", "0"]);
+    cmd.args([
+        "-l",
+        "127.0.0.1",
+        "-p",
+        &first.port().to_string(),
+        "-U",
+        "0",
+    ]);
     if harness::process::is_root() {
         cmd.args(["-u", "root"]);
     }
     // Point the readiness check at a port nothing listens on: only the exit can end it.
     let nowhere = harness::process::loopback(harness::free_port());
     let started = std::time::Instant::now();
-    let err = match harness::Server::spawn("memcached-clash", dir, cmd, nowhere, Duration::from_secs(20)) {
+    let err = match harness::Server::spawn(
+        "memcached-clash",
+        dir,
+        cmd,
+        nowhere,
+        Duration::from_secs(20),
+    ) {
         Ok(_) => panic!("a second memcached on a taken port must not start"),
         Err(err) => format!("{err:#}"),
     };
     assert!(started.elapsed() < Duration::from_secs(10), "failed fast");
     assert!(err.contains("exited"), "{err}");
-    assert!(err.to_lowercase().contains("address already in use") || err.contains("bind"), "{err}");
+    assert!(
+        err.to_lowercase().contains("address already in use") || err.contains("bind"),
+        "{err}"
+    );
     Ok(())
 }
 
@@ -192,7 +215,9 @@ async fn mariadb_replica_follows_primary() -> Result<()> {
     let primary = MariaDb::start().await?;
     let replica = MariaDb::start_replica_of(&primary, 2).await?;
     primary
-        .exec("CREATE DATABASE r; CREATE TABLE r.t (id INT PRIMARY KEY); INSERT INTO r.t VALUES (7)")
+        .exec(
+            "CREATE DATABASE r; CREATE TABLE r.t (id INT PRIMARY KEY); INSERT INTO r.t VALUES (7)",
+        )
         .await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
