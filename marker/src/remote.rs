@@ -1,0 +1,201 @@
+//! Remote markers: how a replica region avoids reading its lagging replica right after it
+//! wrote to the primary ("Scaling Memcache at Facebook", §5).
+//!
+//! # Protocol
+//!
+//! Writer in a replica region, writing key `k`:
+//!
+//! 1. `set r_k` (the marker, see [`Markers::marker_key`]) in the **regional pool**, with a
+//!    short TTL ([`Markers::ttl_secs`]) that bounds the harm if its clear is ever lost;
+//! 2. write the **primary** database, with both `k` and `r_k` in the statement's annotation
+//!    comment ([`Markers::annotation`]);
+//! 3. `delete k` in the **local** cluster.
+//!
+//! Reader in that region, reading `k`:
+//!
+//! 1. `get k`; a hit is served as usual;
+//! 2. on a miss, `get r_k` (through the router, which routes marker keys to the regional
+//!    pool);
+//! 3. if the marker exists, read the **primary** database (the local replica may not have
+//!    the write yet) and do not fill the cache; otherwise read the local replica and fill the
+//!    cache as usual ([`ReadFrom`]).
+//!
+//! The replica region's squeal reads the annotated transaction from its own replica's
+//! binlog once replication has applied it, and deletes `k` in every cluster and `r_k` in the
+//! regional pool: from then on the replica is as fresh as the primary for `k`, and readers
+//! go back to it.
+//!
+//! # Other languages
+//!
+//! A marker key is the prefix followed by the key. If that would exceed 250 bytes, it is
+//! the prefix, then the first `250 - prefix_len - 17` bytes of the key, then `#` and the
+//! 16 lower-case hex digits of the key's 64-bit FNV-1a hash (offset basis
+//! 0xcbf29ce484222325, prime 0x100000001b3), so every legal key has a legal marker.
+
+use crate::annotation;
+use crate::key::{self, KeyError, MAX_KEY_LEN};
+
+/// The default marker prefix (the paper's `r_k`).
+pub const DEFAULT_PREFIX: &str = "r_";
+/// The default marker TTL: long enough to outlast normal replication lag, short enough that
+/// a lost clear sends a key's reads to the primary for a minute at most.
+pub const DEFAULT_TTL_SECS: u32 = 60;
+
+/// The marker scheme a region uses; every party (applications, squeal, the router) must
+/// use the same prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Markers {
+    prefix: String,
+    ttl_secs: u32,
+}
+
+impl Default for Markers {
+    fn default() -> Markers {
+        Markers {
+            prefix: DEFAULT_PREFIX.into(),
+            ttl_secs: DEFAULT_TTL_SECS,
+        }
+    }
+}
+
+/// Where a read that missed the cache must go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadFrom {
+    /// No marker: the local replica is fresh enough; fill the cache with what it returns.
+    LocalReplica,
+    /// A marker: a write from this region has not replicated yet; read the primary and do
+    /// not fill the cache.
+    Primary,
+}
+
+impl Markers {
+    /// A scheme with `prefix` (1..=64 bytes, legal in a key) and `ttl_secs` (> 0).
+    pub fn new(prefix: &str, ttl_secs: u32) -> Result<Markers, String> {
+        if prefix.is_empty() || prefix.len() > 64 {
+            return Err(format!("marker prefix {prefix:?} must be 1..=64 bytes"));
+        }
+        key::validate(prefix.as_bytes())
+            .map_err(|e| format!("marker prefix {prefix:?} is not legal in a key: {e}"))?;
+        if ttl_secs == 0 {
+            return Err("marker TTL must be positive: a marker without TTL could stick forever".into());
+        }
+        Ok(Markers {
+            prefix: prefix.into(),
+            ttl_secs,
+        })
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    pub fn ttl_secs(&self) -> u32 {
+        self.ttl_secs
+    }
+
+    /// True when `key` is a marker key of this scheme.
+    pub fn is_marker(&self, key: &[u8]) -> bool {
+        key.starts_with(self.prefix.as_bytes())
+    }
+
+    /// The marker key for `key`.
+    pub fn marker_key(&self, key: &[u8]) -> Result<Vec<u8>, KeyError> {
+        key::validate(key)?;
+        let mut out = Vec::with_capacity(MAX_KEY_LEN);
+        out.extend_from_slice(self.prefix.as_bytes());
+        if self.prefix.len() + key.len() <= MAX_KEY_LEN {
+            out.extend_from_slice(key);
+        } else {
+            let keep = MAX_KEY_LEN - self.prefix.len() - 17;
+            out.extend_from_slice(&key[..keep]);
+            out.push(b'#');
+            out.extend_from_slice(format!("{:016x}", fnv1a64(key)).as_bytes());
+        }
+        Ok(out)
+    }
+
+    /// The annotation comment for a write from a replica region: each key and its marker,
+    /// so the replica region's squeal clears both.
+    pub fn annotation(&self, keys: &[&[u8]]) -> Result<String, KeyError> {
+        let mut all: Vec<Vec<u8>> = Vec::with_capacity(keys.len() * 2);
+        for key in keys {
+            all.push(key.to_vec());
+            all.push(self.marker_key(key)?);
+        }
+        annotation::comment(all.iter().map(|k| k.as_slice()))
+    }
+
+    /// Step 3 of a read: where to read after a cache miss, given whether the marker exists.
+    pub fn read_from(marker_present: bool) -> ReadFrom {
+        if marker_present {
+            ReadFrom::Primary
+        } else {
+            ReadFrom::LocalReplica
+        }
+    }
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn marker_keys_follow_the_paper() {
+        let m = Markers::default();
+        assert_eq!(m.marker_key(b"user:42").unwrap(), b"r_user:42");
+        assert!(m.is_marker(b"r_user:42"));
+        assert!(!m.is_marker(b"user:42"));
+    }
+
+    #[test]
+    fn long_keys_get_a_hashed_marker_that_is_still_legal() {
+        let m = Markers::default();
+        let long = vec![b'k'; 250];
+        let marker = m.marker_key(&long).unwrap();
+        assert_eq!(marker.len(), 250);
+        assert!(key::validate(&marker).is_ok());
+        let mut other = long.clone();
+        other[249] = b'j';
+        assert_ne!(marker, m.marker_key(&other).unwrap(), "the tail still counts");
+    }
+
+    #[test]
+    fn bad_schemes_are_refused() {
+        assert!(Markers::new("", 60).is_err());
+        assert!(Markers::new("r ", 60).is_err());
+        assert!(Markers::new("r_", 0).is_err());
+        assert!(Markers::new("mk:", 30).is_ok());
+    }
+
+    #[test]
+    fn the_annotation_carries_key_and_marker() {
+        let m = Markers::default();
+        let comment = m.annotation(&[b"user:1"]).unwrap();
+        let keys: Vec<Vec<u8>> = annotation::parse(comment.as_bytes())
+            .map(|k| k.unwrap().into_owned())
+            .collect();
+        assert_eq!(keys, vec![b"user:1".to_vec(), b"r_user:1".to_vec()]);
+    }
+
+    proptest! {
+        #[test]
+        fn every_legal_key_has_a_legal_distinct_marker(
+            key in proptest::collection::vec(0x21u8..=0x7e, 1..=250),
+        ) {
+            let m = Markers::default();
+            let marker = m.marker_key(&key).unwrap();
+            prop_assert!(key::validate(&marker).is_ok());
+            prop_assert!(m.is_marker(&marker));
+        }
+    }
+}

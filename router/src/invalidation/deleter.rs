@@ -1,0 +1,124 @@
+//! One pipelined delete connection per memcached server, used by the invalidation fan-out.
+//!
+//! Invalidations arrive as batches, so a whole group of deletes for one server goes out in a
+//! single write and the replies are read back in order. This path is kept apart from the
+//! client data path: it needs a definite answer per key (applied, or spool it), not a
+//! reply to forward.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+
+/// Why a group of deletes did not certainly reach its server.
+#[derive(Debug, thiserror::Error)]
+pub enum DeleteError {
+    #[error("connecting to {server}: {source}")]
+    Connect {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("talking to {server}: {source}")]
+    Io {
+        server: String,
+        source: std::io::Error,
+    },
+    #[error("{server} did not answer within {timeout:?}")]
+    Timeout { server: String, timeout: Duration },
+    #[error("{server} answered {reply:?} to a delete")]
+    Refused { server: String, reply: String },
+}
+
+/// A lazily connected, reconnect-on-error delete connection to one server.
+pub struct Deleter {
+    server: String,
+    timeout: Duration,
+    conn: Mutex<Option<BufReader<TcpStream>>>,
+}
+
+impl Deleter {
+    pub fn new(server: String, timeout: Duration) -> Deleter {
+        Deleter {
+            server,
+            timeout,
+            conn: Mutex::new(None),
+        }
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Deletes every key, pipelined, and returns once each got `DELETED` or `NOT_FOUND`
+    /// (both mean the key is no longer cached). Any other outcome drops the connection and is
+    /// an error: the caller cannot know which deletes landed, so it spools them all.
+    pub async fn delete_all(&self, keys: &[&[u8]]) -> Result<(), DeleteError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut guard = self.conn.lock().await;
+        let result = tokio::time::timeout(self.timeout, self.exchange(&mut guard, keys)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                *guard = None;
+                Err(e)
+            }
+            Err(_) => {
+                *guard = None;
+                Err(DeleteError::Timeout {
+                    server: self.server.clone(),
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+
+    async fn exchange(
+        &self,
+        conn: &mut Option<BufReader<TcpStream>>,
+        keys: &[&[u8]],
+    ) -> Result<(), DeleteError> {
+        if conn.is_none() {
+            let stream = TcpStream::connect(&self.server)
+                .await
+                .map_err(|source| DeleteError::Connect {
+                    server: self.server.clone(),
+                    source,
+                })?;
+            let _ = stream.set_nodelay(true);
+            *conn = Some(BufReader::new(stream));
+        }
+        let stream = conn.as_mut().expect("connected above");
+        let io = |source| DeleteError::Io {
+            server: self.server.clone(),
+            source,
+        };
+        let mut out = Vec::with_capacity(keys.iter().map(|k| k.len() + 9).sum());
+        for key in keys {
+            out.extend_from_slice(b"delete ");
+            out.extend_from_slice(key);
+            out.extend_from_slice(b"\r\n");
+        }
+        stream.get_mut().write_all(&out).await.map_err(io)?;
+        let mut line = String::new();
+        for _ in keys {
+            line.clear();
+            let n = stream.read_line(&mut line).await.map_err(io)?;
+            if n == 0 {
+                return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            match line.trim_end() {
+                "DELETED" | "NOT_FOUND" => {}
+                other => {
+                    return Err(DeleteError::Refused {
+                        server: self.server.clone(),
+                        reply: other.to_string(),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+}

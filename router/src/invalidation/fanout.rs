@@ -1,0 +1,234 @@
+//! Applies an invalidation batch: every cache key is deleted on its server in every
+//! front-end cluster, every marker key in the regional pool(s); what cannot be delivered is
+//! spooled, and a replayer drains the spool when servers come back.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use marker::batch::{Batch, EntryKind};
+use tracing::{info, warn};
+
+use super::deleter::Deleter;
+use super::spool::{Spool, SpoolError};
+
+/// Where a key lives in one pool: the same placement the data path uses, so an
+/// invalidation reaches the server that holds the value.
+pub trait Placement: Send + Sync {
+    /// Address (`host:port`) of the server holding `key`.
+    fn server_for(&self, key: &[u8]) -> &str;
+    /// Every server of the pool.
+    fn servers(&self) -> Vec<String>;
+}
+
+/// One pool invalidations are applied to.
+pub struct Target {
+    pub name: String,
+    pub placement: Arc<dyn Placement>,
+}
+
+/// What applying one batch did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Deletes that reached their server.
+    pub deleted: u64,
+    /// Deletes written to the spool for a server that could not take them now.
+    pub spooled: u64,
+}
+
+/// The fan-out: targets, one deleter per server, and the spool.
+pub struct Fanout {
+    clusters: Vec<Target>,
+    marker_pools: Vec<Target>,
+    deleters: HashMap<String, Arc<Deleter>>,
+    spool: Arc<Spool>,
+}
+
+impl Fanout {
+    /// `clusters` receive cache-key deletes; `marker_pools` receive marker-key deletes.
+    pub fn new(
+        clusters: Vec<Target>,
+        marker_pools: Vec<Target>,
+        spool: Arc<Spool>,
+        timeout: Duration,
+    ) -> Fanout {
+        let mut deleters = HashMap::new();
+        for target in clusters.iter().chain(&marker_pools) {
+            for server in target.placement.servers() {
+                deleters
+                    .entry(server.clone())
+                    .or_insert_with(|| Arc::new(Deleter::new(server, timeout)));
+            }
+        }
+        // Servers with spooled deletes from an earlier run that are no longer configured
+        // still get their deletes: a value they hold may come back into service.
+        for server in spool.servers_pending() {
+            deleters
+                .entry(server.clone())
+                .or_insert_with(|| Arc::new(Deleter::new(server, timeout)));
+        }
+        Fanout {
+            clusters,
+            marker_pools,
+            deleters,
+            spool,
+        }
+    }
+
+    pub fn spool(&self) -> &Arc<Spool> {
+        &self.spool
+    }
+
+    /// Applies every delete of `batch`, concurrently per server. `Ok` means each delete was
+    /// applied or durably spooled: the batch may be acknowledged. `Err` (spool full or
+    /// failing) means it must not be: the sender retries.
+    pub async fn apply(&self, batch: &Batch) -> Result<Applied, SpoolError> {
+        let started = Instant::now();
+        let mut per_server: HashMap<&str, Vec<&[u8]>> = HashMap::new();
+        for (kind, key) in &batch.entries {
+            let targets = match kind {
+                EntryKind::Key => &self.clusters,
+                EntryKind::Marker => &self.marker_pools,
+            };
+            for target in targets {
+                let server = target.placement.server_for(key);
+                let keys = per_server.entry(server).or_default();
+                // One server may sit in two targets; one delete is enough.
+                if !keys.contains(&key.as_slice()) {
+                    keys.push(key);
+                }
+            }
+        }
+        let groups = per_server
+            .into_iter()
+            .map(|(server, keys)| self.apply_server(server, keys));
+        let mut applied = Applied::default();
+        for result in futures_util::future::join_all(groups).await {
+            let one = result?;
+            applied.deleted += one.deleted;
+            applied.spooled += one.spooled;
+        }
+        metrics::counter!("squeal_router_invalidation_keys_total", "outcome" => "deleted")
+            .increment(applied.deleted);
+        metrics::counter!("squeal_router_invalidation_keys_total", "outcome" => "spooled")
+            .increment(applied.spooled);
+        metrics::histogram!("squeal_router_invalidation_apply_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if batch.commit_time_us > 0 {
+            let now_us = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_micros() as u64;
+            metrics::histogram!("squeal_router_commit_to_delete_seconds")
+                .record(now_us.saturating_sub(batch.commit_time_us) as f64 / 1e6);
+        }
+        Ok(applied)
+    }
+
+    async fn apply_server(&self, server: &str, keys: Vec<&[u8]>) -> Result<Applied, SpoolError> {
+        let count = keys.len() as u64;
+        // A server with spooled deletes gets new ones through the spool, in order.
+        if !self.spool.has_pending(server) {
+            let deleter = self.deleters.get(server).expect("a deleter per target server");
+            match deleter.delete_all(&keys).await {
+                Ok(()) => {
+                    return Ok(Applied {
+                        deleted: count,
+                        spooled: 0,
+                    })
+                }
+                Err(e) => warn!(server, error = %e, keys = count, "delete failed; spooling"),
+            }
+        }
+        let spool = self.spool.clone();
+        let server = server.to_string();
+        let owned: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
+        // fsync blocks: keep it off the async workers.
+        tokio::task::spawn_blocking(move || {
+            spool.append(&server, owned.iter().map(|k| k.as_slice()))
+        })
+        .await
+        .expect("spool append does not panic")
+        .inspect_err(|e| {
+            metrics::gauge!("squeal_router_spool_full").set(1.0);
+            tracing::error!(error = %e, "ALARM: cannot spool invalidations; rejecting batch");
+        })?;
+        Ok(Applied {
+            deleted: 0,
+            spooled: count,
+        })
+    }
+
+    /// Drains the spool for ever: every `interval`, each server with pending deletes gets
+    /// them replayed in order, in chunks, the cursor advancing after each applied chunk. A
+    /// server that still fails is retried with exponential backoff (up to 5 s).
+    pub async fn replay_forever(self: Arc<Self>, interval: Duration) {
+        let mut backoff: HashMap<String, (Duration, Instant)> = HashMap::new();
+        loop {
+            self.publish_spool_depth();
+            for server in self.spool.servers_pending() {
+                let now = Instant::now();
+                if let Some((_, next)) = backoff.get(&server) {
+                    if now < *next {
+                        continue;
+                    }
+                }
+                match self.replay_server(&server).await {
+                    Ok(replayed) => {
+                        if replayed > 0 {
+                            info!(server, replayed, "replayed spooled deletes");
+                        }
+                        backoff.remove(&server);
+                    }
+                    Err(e) => {
+                        let delay = backoff
+                            .get(&server)
+                            .map_or(interval, |(d, _)| (*d * 2).min(Duration::from_secs(5)));
+                        backoff.insert(server.clone(), (delay, now + delay));
+                        tracing::debug!(server, error = %e, ?delay, "replay failed; backing off");
+                    }
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    }
+
+    /// Replays `server`'s spool until it is empty or a delete fails. Returns the count.
+    pub async fn replay_server(&self, server: &str) -> anyhow::Result<u64> {
+        let deleter = match self.deleters.get(server) {
+            Some(d) => d.clone(),
+            None => Arc::new(Deleter::new(server.to_string(), Duration::from_secs(1))),
+        };
+        let mut total = 0;
+        loop {
+            let spool = self.spool.clone();
+            let name = server.to_string();
+            let (keys, offset) =
+                tokio::task::spawn_blocking(move || spool.peek(&name, 1000)).await??;
+            if keys.is_empty() {
+                return Ok(total);
+            }
+            let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            deleter.delete_all(&refs).await?;
+            let n = keys.len() as u64;
+            let spool = self.spool.clone();
+            let name = server.to_string();
+            let drained =
+                tokio::task::spawn_blocking(move || spool.commit(&name, offset, n)).await??;
+            total += n;
+            metrics::counter!("squeal_router_spool_replayed_total").increment(n);
+            if drained {
+                metrics::gauge!("squeal_router_spool_full").set(0.0);
+                return Ok(total);
+            }
+        }
+    }
+
+    fn publish_spool_depth(&self) {
+        let pending = self.spool.pending();
+        let keys: u64 = pending.iter().map(|p| p.keys).sum();
+        let bytes: u64 = pending.iter().map(|p| p.bytes).sum();
+        metrics::gauge!("squeal_router_spool_pending_keys").set(keys as f64);
+        metrics::gauge!("squeal_router_spool_pending_bytes").set(bytes as f64);
+    }
+}

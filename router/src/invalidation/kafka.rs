@@ -1,0 +1,129 @@
+//! The Kafka transport: the router consumes squeal's batches from a topic as a member of a
+//! consumer group and commits a message's offset only after its batch was applied or
+//! spooled. A crash before the commit makes the group re-deliver the batch (at least once).
+//!
+//! A message that fails authentication can never become valid, so it is counted, logged and
+//! skipped (committed): one poisoned message must not stall its partition for ever.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marker::batch::{Batch, Secret};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+use tracing::{error, info, warn};
+
+use super::fanout::Fanout;
+
+/// `[invalidation.kafka]`: where the router reads batches from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// librdkafka `bootstrap.servers`.
+    pub brokers: String,
+    pub topic: String,
+    /// One consumer group per front-end set: every group gets every batch.
+    pub group: String,
+    /// Passed through to librdkafka (security settings, timeouts...).
+    #[serde(default)]
+    pub librdkafka: BTreeMap<String, String>,
+}
+
+impl KafkaConfig {
+    pub fn consumer(&self) -> anyhow::Result<StreamConsumer> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", &self.brokers)
+            .set("group.id", &self.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest");
+        for (k, v) in &self.librdkafka {
+            cfg.set(k, v);
+        }
+        let consumer: StreamConsumer = cfg.create()?;
+        consumer.subscribe(&[&self.topic])?;
+        Ok(consumer)
+    }
+}
+
+/// Consumes, applies and commits until the process ends.
+pub async fn consume(config: KafkaConfig, fanout: Arc<Fanout>, secret: Secret) {
+    let consumer = match config.consumer() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            error!(error = %e, "cannot create the Kafka consumer");
+            return;
+        }
+    };
+    info!(topic = %config.topic, group = %config.group, "consuming invalidations from Kafka");
+    tokio::spawn(report_lag(consumer.clone()));
+    loop {
+        let message = match consumer.recv().await {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(error = %e, "Kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let payload = message.payload().unwrap_or_default();
+        match Batch::decode(payload, &secret) {
+            Ok(Some((batch, used))) if used == payload.len() => {
+                metrics::counter!("squeal_router_invalidation_batches_total", "transport" => "kafka")
+                    .increment(1);
+                // Until the batch is applied or spooled, keep trying: committing past it
+                // would lose it.
+                let mut delay = Duration::from_millis(100);
+                while let Err(e) = fanout.apply(&batch).await {
+                    warn!(error = %e, ?delay, "cannot apply Kafka batch yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+            other => {
+                let reason = match other {
+                    Err(e) => e.to_string(),
+                    _ => "not exactly one frame".to_string(),
+                };
+                metrics::counter!("squeal_router_invalidation_frames_rejected_total", "reason" => "kafka")
+                    .increment(1);
+                warn!(partition = message.partition(), offset = message.offset(), %reason,
+                    "skipping invalid Kafka message");
+            }
+        }
+        if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {
+            warn!(error = %e, "Kafka offset commit failed; the batch may be re-delivered");
+        }
+    }
+}
+
+/// Publishes consumer lag (messages behind each assigned partition's high watermark) every
+/// few seconds. Watermark queries are network round trips, so they run on a blocking
+/// thread, never on the consume path.
+async fn report_lag(consumer: Arc<StreamConsumer>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let c = consumer.clone();
+        let lags = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(i32, i64)>> {
+            let positions = c.position()?;
+            let mut lags = Vec::new();
+            for tp in positions.elements() {
+                let (_, high) =
+                    c.fetch_watermarks(tp.topic(), tp.partition(), Duration::from_secs(2))?;
+                if let rdkafka::Offset::Offset(pos) = tp.offset() {
+                    lags.push((tp.partition(), (high - pos).max(0)));
+                }
+            }
+            Ok(lags)
+        })
+        .await;
+        if let Ok(Ok(lags)) = lags {
+            for (partition, lag) in lags {
+                metrics::gauge!("squeal_router_kafka_consumer_lag", "partition" => partition.to_string())
+                    .set(lag as f64);
+            }
+        }
+    }
+}

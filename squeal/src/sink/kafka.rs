@@ -1,0 +1,147 @@
+//! The Kafka sink: batches are produced to a topic with an idempotent producer and
+//! acks=all; a batch counts as delivered when the broker acknowledged every message of it.
+//!
+//! Keys are partitioned by a hash of the key, so every invalidation of one key lands in one
+//! partition and stays in commit order there; a batch becomes one message per partition it
+//! touches, each an authenticated `marker::batch` frame the routers' consumer groups apply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marker::batch::Secret;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+
+use super::router::{encode, MarkerPrefix};
+use super::{Sink, SinkError, SinkFuture};
+use crate::batch::Batch;
+
+/// Delivers batches to a Kafka topic.
+pub struct KafkaSink {
+    producer: FutureProducer,
+    topic: String,
+    partitions: u32,
+    source: String,
+    secret: Secret,
+    markers: MarkerPrefix,
+    timeout: Duration,
+}
+
+impl KafkaSink {
+    /// Creates the producer and learns the topic's partition count (a blocking metadata
+    /// request, done once at start).
+    pub fn new(
+        brokers: &str,
+        topic: String,
+        librdkafka: &BTreeMap<String, String>,
+        source: String,
+        secret: Secret,
+        markers: MarkerPrefix,
+        timeout: Duration,
+    ) -> anyhow::Result<KafkaSink> {
+        let mut cfg = ClientConfig::new();
+        cfg.set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", timeout.as_millis().to_string());
+        for (k, v) in librdkafka {
+            cfg.set(k, v);
+        }
+        let producer: FutureProducer = cfg.create()?;
+        let metadata = producer
+            .client()
+            .fetch_metadata(Some(&topic), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .map(|t| t.partitions().len() as u32)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| anyhow::anyhow!("Kafka topic {topic:?} does not exist or has no partitions"))?;
+        Ok(KafkaSink {
+            producer,
+            topic,
+            partitions,
+            source,
+            secret,
+            markers,
+            timeout,
+        })
+    }
+}
+
+/// FNV-1a: a stable hash (the same in every squeal version and on every host), so a key
+/// always maps to the same partition.
+fn partition_of(key: &[u8], partitions: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in key {
+        h ^= b as u32;
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h % partitions
+}
+
+impl Sink for KafkaSink {
+    fn name(&self) -> &str {
+        "kafka"
+    }
+
+    fn send(&self, batch: Arc<Batch>) -> SinkFuture {
+        // Split the batch by partition, keeping each key's order.
+        let mut parts: BTreeMap<u32, Batch> = BTreeMap::new();
+        for key in batch.keys() {
+            parts
+                .entry(partition_of(key, self.partitions))
+                .or_insert_with(|| batch.empty_like())
+                .push_key(key);
+        }
+        let frames: Result<Vec<(u32, Vec<u8>)>, SinkError> = parts
+            .into_iter()
+            .map(|(p, b)| Ok((p, encode(&b, &self.source, &self.markers, &self.secret)?)))
+            .collect();
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        let timeout = self.timeout;
+        let seq = batch.seq.to_be_bytes();
+        Box::pin(async move {
+            let frames = frames?;
+            let sends = frames.iter().map(|(partition, frame)| {
+                producer.send(
+                    FutureRecord::to(&topic)
+                        .partition(*partition as i32)
+                        .key(&seq[..])
+                        .payload(frame),
+                    timeout,
+                )
+            });
+            for result in futures_util::future::join_all(sends).await {
+                result.map_err(|(e, _)| SinkError(format!("Kafka produce: {e}")))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn flush_all(&self) -> SinkFuture {
+        Box::pin(async {
+            Err(SinkError(
+                "the Kafka sink cannot flush pools: flush them through the router's data port".into(),
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_always_lands_in_one_partition() {
+        assert_eq!(partition_of(b"user:1", 4), partition_of(b"user:1", 4));
+        let spread: std::collections::HashSet<u32> = (0..100)
+            .map(|i| partition_of(format!("user:{i}").as_bytes(), 4))
+            .collect();
+        assert_eq!(spread.len(), 4, "100 keys use every partition");
+    }
+}
