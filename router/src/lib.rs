@@ -1,4 +1,24 @@
 //! `squeal-router`: the regional memcache router.
 //!
-//! A request flows through the modules in this order: listener -> protocol -> route tree ->
-//! pool -> backend connection.
+//! A request flows through the modules in this order:
+//!
+//! ```text
+//! listener -> client (read buffer) -> protocol (parse in place) -> route (Route trait)
+//!          -> pool (hash to a server) -> backend (pipelined connection) -> client (reply in order)
+//! ```
+//!
+//! Every worker thread owns a current-thread tokio runtime, its own listening socket
+//! (`SO_REUSEPORT`), its client connections and its own backend connections, so a request
+//! never crosses threads on the hot path. See [`worker`] for the threading model and
+//! [`route`] for the seam where route trees plug in.
+
+pub mod backend;
+pub mod client;
+pub mod config;
+pub mod invalidation;
+pub mod listener;
+pub mod metrics;
+pub mod protocol;
+pub mod route;
+pub mod stats;
+pub mod worker;

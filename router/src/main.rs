@@ -1,4 +1,12 @@
+//! `squeal-router`: the regional memcache router.
+//!
+//! A request flows through the modules in this order: listener -> protocol -> route tree ->
+//! pool -> backend connection.
+use std::sync::Arc;
+
 use clap::Parser;
+use router::config::Config;
+use router::worker::{self, Plan};
 
 /// Regional memcache router: speaks memcached's text and meta protocols to clients, routes
 /// over pools of memcached servers, and applies squeal's invalidation batches.
@@ -8,12 +16,71 @@ struct Cli {
     /// Path of the TOML configuration file.
     #[arg(short, long, default_value = "/etc/squeal/router.toml")]
     config: std::path::PathBuf,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    anyhow::bail!(
-        "squeal-router: {}: the data path is not built yet (see issue 3)",
-        cli.config.display()
-    )
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(cli) {
+        eprintln!("squeal-router: {e:#}");
+        std::process::exit(2);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::load(&cli.config)?;
+    if cli.check {
+        println!("{}: ok", cli.config.display());
+        return Ok(());
+    }
+    let plan = Arc::new(Plan::new(config));
+    let cfg = &plan.config;
+    // Bind everything before starting, so a busy port is an immediate, clear error.
+    let mut per_worker = Vec::new();
+    for _ in 0..cfg.workers {
+        let mut ls = Vec::new();
+        for addr in &cfg.listen {
+            ls.push(
+                router::listener::bind(*addr)
+                    .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?,
+            );
+        }
+        per_worker.push(ls);
+    }
+    if let Some(admin) = cfg.admin {
+        router::metrics::start(admin, plan.shared.clone())?;
+    }
+    tracing::info!(
+        listen = ?cfg.listen,
+        admin = ?cfg.admin,
+        workers = cfg.workers,
+        pool = %cfg.pools[cfg.route].name,
+        "squeal-router started"
+    );
+    let mut threads = Vec::new();
+    for (id, ls) in per_worker.into_iter().enumerate() {
+        let plan = plan.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("worker-{id}"))
+                .spawn(move || worker::run(id, plan, ls))?,
+        );
+    }
+    for t in threads {
+        match t.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("worker failed: {e}"),
+            Err(_) => anyhow::bail!("worker panicked"),
+        }
+    }
+    Ok(())
 }

@@ -81,12 +81,13 @@ impl Deleter {
         keys: &[&[u8]],
     ) -> Result<(), DeleteError> {
         if conn.is_none() {
-            let stream = TcpStream::connect(&self.server)
-                .await
-                .map_err(|source| DeleteError::Connect {
-                    server: self.server.clone(),
-                    source,
-                })?;
+            let stream =
+                TcpStream::connect(&self.server)
+                    .await
+                    .map_err(|source| DeleteError::Connect {
+                        server: self.server.clone(),
+                        source,
+                    })?;
             let _ = stream.set_nodelay(true);
             *conn = Some(BufReader::new(stream));
         }

@@ -129,7 +129,10 @@ impl Fanout {
         let count = keys.len() as u64;
         // A server with spooled deletes gets new ones through the spool, in order.
         if !self.spool.has_pending(server) {
-            let deleter = self.deleters.get(server).expect("a deleter per target server");
+            let deleter = self
+                .deleters
+                .get(server)
+                .expect("a deleter per target server");
             match deleter.delete_all(&keys).await {
                 Ok(()) => {
                     return Ok(Applied {

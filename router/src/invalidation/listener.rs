@@ -91,7 +91,8 @@ async fn connection(
             buf.drain(..used);
             let started = Instant::now();
             if seen.record(&batch.source, batch.seq) {
-                metrics::counter!("squeal_router_invalidation_duplicate_batches_total").increment(1);
+                metrics::counter!("squeal_router_invalidation_duplicate_batches_total")
+                    .increment(1);
             }
             metrics::counter!("squeal_router_invalidation_batches_total", "transport" => "native")
                 .increment(1);

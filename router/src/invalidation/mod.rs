@@ -125,7 +125,10 @@ pub async fn start(
         .with_context(|| format!("opening spool {}", config.spool_dir.display()))?;
     let pending = spool.pending();
     if !pending.is_empty() {
-        tracing::info!(?pending, "spool holds deletes from an earlier run; replaying");
+        tracing::info!(
+            ?pending,
+            "spool holds deletes from an earlier run; replaying"
+        );
     }
     let fanout = Arc::new(Fanout::new(
         targets(&config.clusters)?,

@@ -334,9 +334,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 1 << 20).unwrap();
         let server = "127.0.0.1:11211";
-        spool
-            .append(server, [&b"a"[..], b"b", b"c"])
-            .unwrap();
+        spool.append(server, [&b"a"[..], b"b", b"c"]).unwrap();
         assert!(spool.has_pending(server));
         let (first, offset) = spool.peek(server, 2).unwrap();
         assert_eq!(first, keys(&["a", "b"]));
@@ -358,7 +356,11 @@ mod tests {
         assert_eq!(rest, keys(&["c", "d"]));
         assert!(spool.commit(server, offset, 2).unwrap(), "drained");
         assert!(!spool.has_pending(server));
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "files removed");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "files removed"
+        );
     }
 
     #[test]
@@ -384,7 +386,10 @@ mod tests {
         let spool = Spool::open(dir.path(), 10).unwrap();
         spool.append("s:1", [&b"12345678"[..]]).unwrap();
         let err = spool.append("s:2", [&b"xy"[..]]).unwrap_err();
-        assert!(matches!(err, SpoolError::Full { used: 9, max: 10 }), "{err}");
+        assert!(
+            matches!(err, SpoolError::Full { used: 9, max: 10 }),
+            "{err}"
+        );
         // Replaying frees room.
         let (_, offset) = spool.peek("s:1", 10).unwrap();
         spool.commit("s:1", offset, 1).unwrap();

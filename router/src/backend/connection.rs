@@ -1,0 +1,326 @@
+//! One pipelined connection to a memcached server.
+//!
+//! Clients append requests to the connection's queue ([`BackendConn::send`]) and wake its
+//! task. Because waking only schedules the task, every request queued during one turn of
+//! the worker's event loop goes out in a single `writev`. Replies come back in request
+//! order; each is cut off the read buffer as one `Bytes` (no copy) and handed to the
+//! request's [`Completion`].
+//!
+//! The task connects with a timeout, fails every queued request when the connection breaks
+//! or a reply is overdue, and reconnects with exponential backoff. While the server is
+//! down, requests fail at once instead of piling up.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::protocol::reply::{scan, Scan};
+use crate::protocol::Frame;
+use crate::route::{Completion, Reply};
+use crate::stats::{ServerStats, WorkerStats};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Longest wait for the oldest outstanding reply.
+    pub read: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Most requests queued on one connection; more fail with `SERVER_ERROR`.
+    pub max_queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Up,
+    Down,
+}
+
+struct Pending {
+    frame: Frame,
+    nkeys: u16,
+    done: Completion,
+}
+
+struct Inner {
+    out: VecDeque<Bytes>,
+    pending: VecDeque<Pending>,
+    waker: Option<Waker>,
+    state: State,
+    /// When the oldest outstanding request was last known to be making progress.
+    last_progress: Instant,
+}
+
+pub struct BackendConn {
+    inner: RefCell<Inner>,
+    server: Arc<ServerStats>,
+    stats: Arc<WorkerStats>,
+    max_queue: usize,
+}
+
+impl BackendConn {
+    pub fn new(server: Arc<ServerStats>, stats: Arc<WorkerStats>, max_queue: usize) -> Rc<Self> {
+        server.conns.fetch_add(1, Relaxed);
+        Rc::new(BackendConn {
+            inner: RefCell::new(Inner {
+                out: VecDeque::new(),
+                pending: VecDeque::new(),
+                waker: None,
+                state: State::Connecting,
+                last_progress: Instant::now(),
+            }),
+            server,
+            stats,
+            max_queue,
+        })
+    }
+
+    /// Queues a request. `wire2` (may be empty) is sent right after `wire`.
+    pub fn send(&self, wire: Bytes, wire2: Bytes, frame: Frame, nkeys: u16, done: Completion) {
+        let mut i = self.inner.borrow_mut();
+        if i.state == State::Down || i.pending.len() >= self.max_queue {
+            drop(i);
+            self.stats.backend_errors.add(1);
+            self.server.errors.fetch_add(1, Relaxed);
+            let why = if self.max_queue == 0 || self.inner.borrow().state == State::Down {
+                "backend unavailable"
+            } else {
+                "backend queue full"
+            };
+            return done.complete(Reply::error(why));
+        }
+        if i.pending.is_empty() {
+            i.last_progress = Instant::now();
+        }
+        i.out.push_back(wire);
+        if !wire2.is_empty() {
+            i.out.push_back(wire2);
+        }
+        i.pending.push_back(Pending { frame, nkeys, done });
+        if let Some(w) = i.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn set_state(&self, s: State) {
+        self.inner.borrow_mut().state = s;
+    }
+
+    /// Fails everything queued or in flight: the connection they were on is gone.
+    fn fail_all(&self, why: &str) {
+        let pending = {
+            let mut i = self.inner.borrow_mut();
+            i.out.clear();
+            std::mem::take(&mut i.pending)
+        };
+        if pending.is_empty() {
+            return;
+        }
+        self.stats.backend_errors.add(pending.len() as u64);
+        self.server.errors.fetch_add(pending.len() as u64, Relaxed);
+        let reply = Reply::error(why);
+        for p in pending {
+            p.done.complete(reply.clone());
+        }
+    }
+
+    /// The connection's life: connect, serve, fail, back off, again. Never returns.
+    pub async fn run(self: Rc<Self>, addr: SocketAddr, t: Timeouts) {
+        let mut backoff = t.backoff_min;
+        loop {
+            self.set_state(State::Connecting);
+            let why = match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    self.server.connects.fetch_add(1, Relaxed);
+                    self.server.up.fetch_add(1, Relaxed);
+                    self.set_state(State::Up);
+                    backoff = t.backoff_min;
+                    let why = self.serve(stream, t.read).await;
+                    self.server.up.fetch_sub(1, Relaxed);
+                    why
+                }
+                Ok(Err(e)) => {
+                    self.server.connect_failures.fetch_add(1, Relaxed);
+                    format!("connect failed: {e}")
+                }
+                Err(_) => {
+                    self.server.connect_failures.fetch_add(1, Relaxed);
+                    "connect timeout".to_string()
+                }
+            };
+            tracing::warn!(server = %addr, reason = %why, "backend connection down");
+            self.set_state(State::Down);
+            self.fail_all(&why);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(t.backoff_max);
+        }
+    }
+
+    /// Pumps requests out and replies in until the connection fails; returns why.
+    async fn serve(&self, stream: TcpStream, read_timeout: Duration) -> String {
+        let mut rbuf = BytesMut::with_capacity(64 * 1024);
+        let mut scan_state = Scan::default();
+        let mut timer = Box::pin(tokio::time::sleep(read_timeout));
+        let mut completed: Vec<(Completion, Reply)> = Vec::new();
+        let result = poll_fn(|cx| loop {
+            // Write everything queued, in as few syscalls as the socket allows.
+            {
+                let mut i = self.inner.borrow_mut();
+                while !i.out.is_empty() {
+                    match stream.poll_write_ready(cx) {
+                        Poll::Pending => break,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Ready(Ok(())) => {}
+                    }
+                    let mut iov = [IoSlice::new(&[]); 64];
+                    let n = i.out.len().min(iov.len());
+                    for (slot, b) in iov.iter_mut().zip(i.out.iter()) {
+                        *slot = IoSlice::new(b);
+                    }
+                    match stream.try_write_vectored(&iov[..n]) {
+                        Ok(written) => advance(&mut i.out, written),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+            }
+            // Read replies and match them to requests, oldest first.
+            match stream.poll_read_ready(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {}
+                Poll::Ready(Ok(())) => {
+                    if rbuf.capacity() - rbuf.len() < 16 * 1024 {
+                        rbuf.reserve(64 * 1024);
+                    }
+                    match stream.try_read_buf(&mut rbuf) {
+                        Ok(0) => {
+                            return Poll::Ready(Err(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "closed by server",
+                            )))
+                        }
+                        Ok(_) => {
+                            if let Err(e) =
+                                self.take_replies(&mut rbuf, &mut scan_state, &mut completed)
+                            {
+                                return Poll::Ready(Err(e));
+                            }
+                            for (done, reply) in completed.drain(..) {
+                                done.complete(reply);
+                            }
+                            continue;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+            }
+            // Nothing more to do now: arm the reply timeout and sleep.
+            let mut i = self.inner.borrow_mut();
+            if !i.pending.is_empty() {
+                let deadline = i.last_progress + read_timeout;
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "reply timeout",
+                    )));
+                }
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+                if timer.as_mut().poll(cx).is_ready() {
+                    continue;
+                }
+            }
+            match &i.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => i.waker = Some(cx.waker().clone()),
+            }
+            return Poll::Pending;
+        })
+        .await;
+        match result {
+            Ok(()) => "closed".to_string(),
+            Err(e) => {
+                if e.kind() == io::ErrorKind::TimedOut {
+                    self.server.timeouts.fetch_add(1, Relaxed);
+                }
+                e.to_string()
+            }
+        }
+    }
+
+    fn take_replies(
+        &self,
+        rbuf: &mut BytesMut,
+        st: &mut Scan,
+        completed: &mut Vec<(Completion, Reply)>,
+    ) -> io::Result<()> {
+        let mut i = self.inner.borrow_mut();
+        let mut any = false;
+        while !rbuf.is_empty() {
+            let Some(p) = i.pending.front() else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "reply without a request",
+                ));
+            };
+            let len = match scan(p.frame, rbuf, st) {
+                Ok(Some(len)) => len,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "unparsable reply",
+                    ))
+                }
+            };
+            let p = i.pending.pop_front().expect("front exists");
+            let data = rbuf.split_to(len).freeze();
+            if p.nkeys > 0 {
+                let hits = match p.frame {
+                    Frame::Values => st.hits as u64,
+                    _ => u64::from(!data.starts_with(b"EN")),
+                };
+                self.stats.get_hits.add(hits);
+                self.stats
+                    .get_misses
+                    .add((p.nkeys as u64).saturating_sub(hits));
+            }
+            *st = Scan::default();
+            completed.push((p.done, Reply::Data(data)));
+            any = true;
+        }
+        if any {
+            i.last_progress = Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// Drops `n` written bytes from the front of the queue.
+fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let front = out.front_mut().expect("wrote more than queued");
+        if front.len() <= n {
+            n -= front.len();
+            out.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+}

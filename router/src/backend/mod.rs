@@ -1,0 +1,6 @@
+//! Backend connections: long-lived, pipelined connections from one worker to one memcached
+//! server, shared by all the worker's clients.
+
+pub mod connection;
+
+pub use connection::{BackendConn, Timeouts};

@@ -1,0 +1,338 @@
+//! One client connection: read requests, hand them to the route, write replies in order.
+//!
+//! Replies may complete in any order (different servers, local answers), but must leave in
+//! request order. Each request takes a numbered [`Slot`] in the connection's reply queue;
+//! whoever completes it fills the slot and wakes the connection's task only when the oldest
+//! slot became ready. The task then writes every ready reply in one `writev`.
+//!
+//! Backpressure: the task stops reading while `max_pending` requests are outstanding or
+//! `max_output` bytes wait to be written, so a slow or stuck client costs bounded memory
+//! and never stalls anyone else (its replies stay in its own queue).
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::net::TcpStream;
+
+use crate::protocol::{self, Limits, Parsed, Quiet, Step};
+use crate::route::{Completion, Reply, Route};
+use crate::stats::{Shared, WorkerStats};
+
+/// What every connection of a worker shares.
+pub struct ClientCtx {
+    pub route: Rc<dyn Route>,
+    pub stats: Arc<WorkerStats>,
+    pub shared: Arc<Shared>,
+    pub limits: Limits,
+    pub max_pending: usize,
+    pub max_output: usize,
+}
+
+enum SlotState {
+    Waiting,
+    Ready(Reply),
+    Empty,
+}
+
+struct Queue {
+    slots: VecDeque<SlotState>,
+    head_seq: u64,
+    waker: Option<Waker>,
+}
+
+/// A connection's ordered reply queue, shared with the completions of its requests.
+pub struct Replies {
+    q: RefCell<Queue>,
+}
+
+/// A place in a client's reply queue; filling it is how a reply reaches the client.
+pub struct Slot {
+    conn: Rc<Replies>,
+    seq: u64,
+    quiet: Quiet,
+}
+
+impl Slot {
+    pub fn fill(self, reply: Reply) {
+        let hidden = match &reply {
+            Reply::Data(d) => self.quiet.hides(d),
+            Reply::Chunks(_) | Reply::Error(_) => self.quiet == Quiet::All,
+        };
+        let mut q = self.conn.q.borrow_mut();
+        let idx = (self.seq - q.head_seq) as usize;
+        q.slots[idx] = if hidden {
+            SlotState::Empty
+        } else {
+            SlotState::Ready(reply)
+        };
+        if idx == 0 {
+            if let Some(w) = q.waker.take() {
+                w.wake();
+            }
+        }
+    }
+}
+
+impl Replies {
+    fn new() -> Rc<Replies> {
+        Rc::new(Replies {
+            q: RefCell::new(Queue {
+                slots: VecDeque::new(),
+                head_seq: 0,
+                waker: None,
+            }),
+        })
+    }
+
+    fn reserve(self: &Rc<Self>, quiet: Quiet) -> Slot {
+        let mut q = self.q.borrow_mut();
+        let seq = q.head_seq + q.slots.len() as u64;
+        q.slots.push_back(SlotState::Waiting);
+        Slot {
+            conn: self.clone(),
+            seq,
+            quiet,
+        }
+    }
+}
+
+struct Conn {
+    replies: Rc<Replies>,
+    rbuf: BytesMut,
+    out: VecDeque<Bytes>,
+    out_bytes: usize,
+    /// Bytes of a refused value still to be discarded as they arrive.
+    drain: usize,
+    eof: bool,
+    /// Stop reading; close once the replies before this point are written.
+    closing: bool,
+}
+
+impl Conn {
+    fn push_out(&mut self, b: Bytes) {
+        if !b.is_empty() {
+            self.out_bytes += b.len();
+            self.out.push_back(b);
+        }
+    }
+
+    /// A reply the router makes itself: straight to the output if nothing is pending
+    /// ahead of it, else in its place in the queue.
+    fn local(&mut self, b: Bytes) {
+        let mut q = self.replies.q.borrow_mut();
+        if q.slots.is_empty() {
+            drop(q);
+            self.push_out(b);
+        } else {
+            q.slots.push_back(SlotState::Ready(Reply::Data(b)));
+        }
+    }
+
+    fn outstanding(&self) -> usize {
+        self.replies.q.borrow().slots.len()
+    }
+
+    /// Parses and dispatches what the read buffer holds, as far as limits allow.
+    fn dispatch(&mut self, ctx: &ClientCtx) -> bool {
+        let mut progress = false;
+        while !self.closing
+            && self.out_bytes < ctx.max_output
+            && self.outstanding() < ctx.max_pending
+        {
+            if self.drain > 0 {
+                let n = self.drain.min(self.rbuf.len());
+                self.rbuf.advance(n);
+                self.drain -= n;
+                if self.drain > 0 {
+                    break;
+                }
+            }
+            if self.rbuf.is_empty() {
+                break;
+            }
+            match protocol::parse(&self.rbuf, &ctx.limits) {
+                Step::Incomplete => break,
+                Step::Close => {
+                    ctx.stats.client_errors.add(1);
+                    self.closing = true;
+                    self.rbuf.clear();
+                }
+                Step::Swallow { len, drain, reply } => {
+                    ctx.stats.client_errors.add(1);
+                    self.rbuf.advance(len);
+                    self.drain = drain;
+                    self.local(Bytes::from_static(reply));
+                }
+                Step::Frame { len, raw } => {
+                    ctx.stats.ops[raw.cmd().index()].add(1);
+                    let frame = self.rbuf.split_to(len).freeze();
+                    match raw.into_parsed(&frame) {
+                        Parsed::Route(req, quiet) => {
+                            let slot = self.replies.reserve(quiet);
+                            ctx.route.route(req, Completion::Client(slot));
+                        }
+                        Parsed::Reply(r) => {
+                            if r.starts_with(b"CLIENT_ERROR") || r.starts_with(b"ERROR") {
+                                ctx.stats.client_errors.add(1);
+                            }
+                            self.local(Bytes::from_static(r));
+                        }
+                        Parsed::Stats(args) => {
+                            self.local(Bytes::from(ctx.shared.render(&args)));
+                        }
+                        Parsed::Verbosity { noreply } => {
+                            if !noreply {
+                                self.local(Bytes::from_static(b"OK\r\n"));
+                            }
+                        }
+                        Parsed::Mn => self.local(Bytes::from_static(b"MN\r\n")),
+                        Parsed::Quit => {
+                            self.closing = true;
+                            self.rbuf.clear();
+                        }
+                    }
+                }
+            }
+            progress = true;
+        }
+        progress
+    }
+
+    /// Moves replies that are ready, in order, to the output queue.
+    fn collect(&mut self) {
+        let mut q = self.replies.q.borrow_mut();
+        while let Some(SlotState::Ready(_) | SlotState::Empty) = q.slots.front() {
+            let slot = q.slots.pop_front().expect("front exists");
+            q.head_seq += 1;
+            if let SlotState::Ready(reply) = slot {
+                match reply {
+                    Reply::Data(b) | Reply::Error(b) => {
+                        if !b.is_empty() {
+                            self.out_bytes += b.len();
+                            self.out.push_back(b);
+                        }
+                    }
+                    Reply::Chunks(chunks) => {
+                        for b in chunks {
+                            self.out_bytes += b.len();
+                            self.out.push_back(b);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Serves one client until it disconnects, quits or breaks the protocol.
+pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
+    let _ = stream.set_nodelay(true);
+    let mut c = Conn {
+        replies: Replies::new(),
+        rbuf: BytesMut::with_capacity(16 * 1024),
+        out: VecDeque::new(),
+        out_bytes: 0,
+        drain: 0,
+        eof: false,
+        closing: false,
+    };
+    let stats = ctx.stats.clone();
+    let _ = poll_fn(|cx| -> Poll<io::Result<()>> {
+        loop {
+            let mut progress = c.dispatch(&ctx);
+            c.collect();
+            // Write what is ready in one go.
+            while !c.out.is_empty() {
+                match stream.poll_write_ready(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {}
+                }
+                let mut iov = [IoSlice::new(&[]); 64];
+                let n = c.out.len().min(iov.len());
+                for (slot, b) in iov.iter_mut().zip(c.out.iter()) {
+                    *slot = IoSlice::new(b);
+                }
+                match stream.try_write_vectored(&iov[..n]) {
+                    Ok(w) => {
+                        stats.bytes_written.add(w as u64);
+                        c.out_bytes -= w;
+                        advance(&mut c.out, w);
+                        progress = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Poll::Ready(Err(e)),
+                }
+            }
+            let idle = c.outstanding() == 0 && c.out.is_empty();
+            if (c.eof || c.closing) && idle {
+                return Poll::Ready(Ok(()));
+            }
+            // Read more only while within limits (backpressure).
+            let may_read = !c.eof
+                && !c.closing
+                && c.out_bytes < ctx.max_output
+                && c.outstanding() < ctx.max_pending;
+            if may_read {
+                match stream.poll_read_ready(cx) {
+                    Poll::Pending => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Ok(())) => {
+                        if c.rbuf.capacity() - c.rbuf.len() < 4096 {
+                            c.rbuf.reserve(16 * 1024);
+                        }
+                        match stream.try_read_buf(&mut c.rbuf) {
+                            Ok(0) => {
+                                c.eof = true;
+                                // A request cut off mid-value is dropped, as memcached does.
+                                progress = true;
+                            }
+                            Ok(n) => {
+                                stats.bytes_read.add(n as u64);
+                                progress = true;
+                            }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => progress = true,
+                            Err(e) => return Poll::Ready(Err(e)),
+                        }
+                    }
+                }
+            }
+            if !progress {
+                let mut q = c.replies.q.borrow_mut();
+                // A reply may have become ready while we were writing.
+                if matches!(
+                    q.slots.front(),
+                    Some(SlotState::Ready(_) | SlotState::Empty)
+                ) {
+                    continue;
+                }
+                match &q.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => q.waker = Some(cx.waker().clone()),
+                }
+                return Poll::Pending;
+            }
+        }
+    })
+    .await;
+    stats.closed_connections.add(1);
+}
+
+fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
+    while n > 0 {
+        let front = out.front_mut().expect("wrote more than queued");
+        if front.len() <= n {
+            n -= front.len();
+            out.pop_front();
+        } else {
+            front.advance(n);
+            n = 0;
+        }
+    }
+}

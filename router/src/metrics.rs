@@ -1,0 +1,58 @@
+//! Prometheus metrics on the admin port. The hot path only bumps per-worker counters
+//! ([`crate::stats`]); a background thread copies their sums into the `metrics` registry
+//! once a second, so the exporter adds no cost per request.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+use crate::protocol::Cmd;
+use crate::stats::Shared;
+
+/// Serves `/metrics` on `addr` and keeps the values current.
+pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| anyhow::anyhow!("admin listener on {addr}: {e}"))?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || loop {
+            publish(&shared);
+            std::thread::sleep(Duration::from_secs(1));
+        })?;
+    Ok(())
+}
+
+fn publish(s: &Shared) {
+    for cmd in Cmd::ALL {
+        metrics::counter!("squeal_router_ops_total", "cmd" => cmd.name()).absolute(s.ops(cmd));
+    }
+    metrics::counter!("squeal_router_get_hits_total").absolute(s.sum(|w| w.get_hits.get()));
+    metrics::counter!("squeal_router_get_misses_total").absolute(s.sum(|w| w.get_misses.get()));
+    metrics::counter!("squeal_router_client_errors_total")
+        .absolute(s.sum(|w| w.client_errors.get()));
+    metrics::counter!("squeal_router_backend_errors_total")
+        .absolute(s.sum(|w| w.backend_errors.get()));
+    metrics::counter!("squeal_router_connections_total")
+        .absolute(s.sum(|w| w.total_connections.get()));
+    metrics::gauge!("squeal_router_connections").set(s.curr_connections() as f64);
+    metrics::counter!("squeal_router_bytes_read_total").absolute(s.sum(|w| w.bytes_read.get()));
+    metrics::counter!("squeal_router_bytes_written_total")
+        .absolute(s.sum(|w| w.bytes_written.get()));
+    metrics::gauge!("squeal_router_uptime_seconds").set(s.started.elapsed().as_secs_f64());
+    for sv in &s.servers {
+        let labels = [("pool", sv.pool.clone()), ("server", sv.addr.clone())];
+        metrics::gauge!("squeal_router_server_connections_up", &labels)
+            .set(sv.up.load(Relaxed) as f64);
+        metrics::counter!("squeal_router_server_errors_total", &labels)
+            .absolute(sv.errors.load(Relaxed));
+        metrics::counter!("squeal_router_server_timeouts_total", &labels)
+            .absolute(sv.timeouts.load(Relaxed));
+        metrics::counter!("squeal_router_server_connect_failures_total", &labels)
+            .absolute(sv.connect_failures.load(Relaxed));
+    }
+}

@@ -1,0 +1,166 @@
+//! A pool: servers with weights, a hash function and a distribution. The pool route hashes
+//! each key to a server and hands the request to that server's backend connection.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::hash::{ketama::Continuum, HashFn};
+use super::{Completion, Gather, MergeGet, Reply, Route};
+use crate::backend::BackendConn;
+use crate::protocol::{Frame, KeyedRequest, MultiGetRequest, Request};
+
+/// How keys spread over servers (twemproxy's `distribution:`).
+#[derive(Debug, Clone)]
+pub enum Distribution {
+    Ketama(Continuum),
+    /// `hash % n` over a list where each server appears `weight` times.
+    Modula(Vec<u32>),
+    /// A random entry of the same weighted list: for replicated, read-mostly data.
+    Random(Vec<u32>),
+}
+
+/// The placement of a pool, shared read-only by all workers.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub hash: HashFn,
+    pub dist: Distribution,
+}
+
+impl Placement {
+    pub fn new(hash: HashFn, kind: &str, servers: &[(String, u32)]) -> Placement {
+        let weighted = || {
+            servers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, s)| std::iter::repeat_n(i as u32, s.1 as usize))
+                .collect::<Vec<_>>()
+        };
+        let dist = match kind {
+            "modula" => Distribution::Modula(weighted()),
+            "random" => Distribution::Random(weighted()),
+            _ => Distribution::Ketama(Continuum::new(servers)),
+        };
+        Placement { hash, dist }
+    }
+
+    /// Index of the server that holds `key`.
+    pub fn server_for(&self, key: &[u8]) -> usize {
+        match &self.dist {
+            Distribution::Ketama(c) => c.lookup(self.hash.hash(key)),
+            Distribution::Modula(list) => {
+                list[(self.hash.hash(key) as usize) % list.len().max(1)] as usize
+            }
+            Distribution::Random(list) => list[fastrand::usize(..list.len().max(1))] as usize,
+        }
+    }
+}
+
+/// A pool as one worker sees it: the shared placement and this worker's connections.
+pub struct PoolRoute {
+    placement: Arc<Placement>,
+    /// Per server, this worker's connections to it.
+    servers: Vec<Vec<Rc<BackendConn>>>,
+}
+
+impl PoolRoute {
+    pub fn new(placement: Arc<Placement>, servers: Vec<Vec<Rc<BackendConn>>>) -> PoolRoute {
+        PoolRoute { placement, servers }
+    }
+
+    /// The connection for a key on a server. One key always uses the same connection, so
+    /// a client's `set k` then `get k` can never overtake each other.
+    fn conn(&self, server: usize, key: &[u8]) -> &BackendConn {
+        let conns = &self.servers[server];
+        if conns.len() == 1 {
+            return &conns[0];
+        }
+        let h = HashFn::Fnv1a32.hash(key) as usize;
+        &conns[h % conns.len()]
+    }
+
+    fn keyed(&self, req: KeyedRequest, done: Completion) {
+        let server = self.placement.server_for(&req.key);
+        self.conn(server, &req.key)
+            .send(req.wire, req.wire2, req.frame, req.nkeys, done);
+    }
+
+    fn multi_get(&self, req: MultiGetRequest, done: Completion) {
+        let targets: Vec<usize> = req
+            .keys
+            .iter()
+            .map(|k| self.placement.server_for(k))
+            .collect();
+        let first = targets[0];
+        if targets.iter().all(|&t| t == first) {
+            let nkeys = req.keys.len().min(u16::MAX as usize) as u16;
+            self.conn(first, &req.keys[0])
+                .send(req.line, Bytes::new(), Frame::Values, nkeys, done);
+            return;
+        }
+        // One part per server, in order of first appearance.
+        let mut order: Vec<usize> = Vec::new();
+        let mut parts: Vec<Vec<u32>> = Vec::new();
+        for (pos, &t) in targets.iter().enumerate() {
+            match order.iter().position(|&s| s == t) {
+                Some(p) => parts[p].push(pos as u32),
+                None => {
+                    order.push(t);
+                    parts.push(vec![pos as u32]);
+                }
+            }
+        }
+        let merge = MergeGet::new(req.keys, parts, done);
+        for (part, &server) in order.iter().enumerate() {
+            let positions = merge.part_keys(part);
+            let mut line = BytesMut::with_capacity(req.head.len() + positions.len() * 16 + 2);
+            line.extend_from_slice(&req.head);
+            for &p in positions {
+                line.put_u8(b' ');
+                line.extend_from_slice(&merge.keys()[p as usize]);
+            }
+            line.extend_from_slice(b"\r\n");
+            let first_key = merge.keys()[positions[0] as usize].clone();
+            let nkeys = positions.len().min(u16::MAX as usize) as u16;
+            self.conn(server, &first_key).send(
+                line.freeze(),
+                Bytes::new(),
+                Frame::Values,
+                nkeys,
+                Completion::Part(merge.clone(), part),
+            );
+        }
+    }
+}
+
+impl Route for PoolRoute {
+    fn route(&self, req: Request, done: Completion) {
+        if self.servers.is_empty() {
+            return done.complete(Reply::error("no servers"));
+        }
+        match req {
+            Request::Keyed(k) => self.keyed(k, done),
+            Request::MultiGet(m) => self.multi_get(m, done),
+            Request::FlushAll { wire } => {
+                let gather = Gather::new(self.servers.len(), done);
+                for conns in &self.servers {
+                    conns[0].send(
+                        wire.clone(),
+                        Bytes::new(),
+                        Frame::Line,
+                        0,
+                        Completion::Gather(gather.clone()),
+                    );
+                }
+            }
+            Request::Version => self.servers[0][0].send(
+                Bytes::from_static(b"version\r\n"),
+                Bytes::new(),
+                Frame::Line,
+                0,
+                done,
+            ),
+        }
+    }
+}

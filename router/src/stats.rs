@@ -1,0 +1,181 @@
+//! Counters for `stats` and Prometheus. Each worker writes only its own [`WorkerStats`]
+//! (a relaxed load and store, no locked instruction on the hot path); readers sum all
+//! workers. Per-server counters change rarely (connects, errors) and are shared atomics.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::protocol::Cmd;
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Single-writer increment: only the owning worker calls it.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// One worker's counters.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub ops: [Counter; Cmd::ALL.len()],
+    pub get_hits: Counter,
+    pub get_misses: Counter,
+    pub closed_connections: Counter,
+    pub total_connections: Counter,
+    pub rejected_connections: Counter,
+    pub client_errors: Counter,
+    pub backend_errors: Counter,
+    pub bytes_read: Counter,
+    pub bytes_written: Counter,
+}
+
+/// One memcached server of a pool, across all workers.
+pub struct ServerStats {
+    pub pool: String,
+    pub addr: String,
+    /// Connections currently up (all workers).
+    pub up: AtomicI64,
+    /// Connections configured (all workers).
+    pub conns: AtomicI64,
+    pub connects: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl ServerStats {
+    pub fn new(pool: &str, addr: &str) -> ServerStats {
+        ServerStats {
+            pool: pool.to_string(),
+            addr: addr.to_string(),
+            up: AtomicI64::new(0),
+            conns: AtomicI64::new(0),
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        }
+    }
+
+    pub fn state(&self) -> &'static str {
+        let up = self.up.load(Relaxed);
+        if up <= 0 {
+            "down"
+        } else if up < self.conns.load(Relaxed) {
+            "partial"
+        } else {
+            "up"
+        }
+    }
+}
+
+/// Process-wide view used by `stats` and the metrics exporter.
+pub struct Shared {
+    pub started: Instant,
+    pub workers: Vec<Arc<WorkerStats>>,
+    pub servers: Vec<Arc<ServerStats>>,
+    pub threads: usize,
+}
+
+impl Shared {
+    pub fn sum(&self, f: impl Fn(&WorkerStats) -> u64) -> u64 {
+        self.workers.iter().map(|w| f(w)).sum()
+    }
+
+    /// The body of `stats` (memcached's `STAT name value` lines and `END`).
+    pub fn render(&self, args: &[u8]) -> Vec<u8> {
+        let mut s = String::new();
+        let args = std::str::from_utf8(args).unwrap_or("").trim();
+        match args {
+            "" => self.general(&mut s),
+            "servers" => self.server_lines(&mut s),
+            "commands" => self.command_lines(&mut s),
+            _ => return b"ERROR\r\n".to_vec(),
+        }
+        s.push_str("END\r\n");
+        s.into_bytes()
+    }
+
+    fn general(&self, s: &mut String) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut stat = |k: &str, v: &dyn std::fmt::Display| {
+            let _ = write!(s, "STAT {k} {v}\r\n");
+        };
+        stat("pid", &std::process::id());
+        stat("uptime", &self.started.elapsed().as_secs());
+        stat("time", &now);
+        stat(
+            "version",
+            &concat!("squeal-router-", env!("CARGO_PKG_VERSION")),
+        );
+        stat("threads", &self.threads);
+        stat("curr_connections", &self.curr_connections());
+        stat(
+            "total_connections",
+            &self.sum(|w| w.total_connections.get()),
+        );
+        stat(
+            "rejected_connections",
+            &self.sum(|w| w.rejected_connections.get()),
+        );
+        for cmd in [Cmd::Get, Cmd::Set, Cmd::Delete, Cmd::Touch, Cmd::FlushAll] {
+            let v = self.ops(cmd);
+            stat(&format!("cmd_{}", cmd.name()), &v);
+        }
+        stat("get_hits", &self.sum(|w| w.get_hits.get()));
+        stat("get_misses", &self.sum(|w| w.get_misses.get()));
+        stat("client_errors", &self.sum(|w| w.client_errors.get()));
+        stat("backend_errors", &self.sum(|w| w.backend_errors.get()));
+        stat("bytes_read", &self.sum(|w| w.bytes_read.get()));
+        stat("bytes_written", &self.sum(|w| w.bytes_written.get()));
+        for cmd in Cmd::ALL {
+            let v = self.ops(cmd);
+            stat(&format!("ops_{}", cmd.name()), &v);
+        }
+        self.server_lines(s);
+    }
+
+    fn server_lines(&self, s: &mut String) {
+        for sv in &self.servers {
+            let p = format!("server:{}:{}", sv.pool, sv.addr);
+            let _ = write!(s, "STAT {p}:state {}\r\n", sv.state());
+            let _ = write!(s, "STAT {p}:connections_up {}\r\n", sv.up.load(Relaxed));
+            let _ = write!(s, "STAT {p}:connects {}\r\n", sv.connects.load(Relaxed));
+            let _ = write!(
+                s,
+                "STAT {p}:connect_failures {}\r\n",
+                sv.connect_failures.load(Relaxed)
+            );
+            let _ = write!(s, "STAT {p}:timeouts {}\r\n", sv.timeouts.load(Relaxed));
+            let _ = write!(s, "STAT {p}:errors {}\r\n", sv.errors.load(Relaxed));
+        }
+    }
+
+    fn command_lines(&self, s: &mut String) {
+        for cmd in Cmd::ALL {
+            let _ = write!(s, "STAT {} {}\r\n", cmd.name(), self.ops(cmd));
+        }
+    }
+
+    pub fn ops(&self, cmd: Cmd) -> u64 {
+        self.sum(|w| w.ops[cmd.index()].get())
+    }
+
+    pub fn curr_connections(&self) -> u64 {
+        self.sum(|w| w.total_connections.get())
+            .saturating_sub(self.sum(|w| w.closed_connections.get()))
+    }
+}
