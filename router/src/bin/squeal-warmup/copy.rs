@@ -1,0 +1,169 @@
+//! Copying one chunk of keys: pipelined `mg <key> v t f` on the warm server, then pipelined
+//! `add` on the cold side, then, for each `add` that was refused, a look at what the cold
+//! side holds to tell a hold-off tombstone from a value already present.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use marker::holdoff;
+
+/// What happened to each key; the summary adds these up.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// Added to the cold side.
+    pub copied: u64,
+    /// The cold side already had a value: never overwritten.
+    pub present: u64,
+    /// The cold side holds a hold-off tombstone: the key was invalidated moments ago, and
+    /// the warm value may predate that.
+    pub held_off: u64,
+    /// Gone from the warm server (expired, evicted, deleted) since the dump, or a tombstone.
+    pub gone: u64,
+    /// Keys that cannot be copied through the text protocol (binary keys).
+    pub failed: u64,
+}
+
+impl Outcome {
+    pub fn add(&mut self, o: Outcome) {
+        self.copied += o.copied;
+        self.present += o.present;
+        self.held_off += o.held_off;
+        self.gone += o.gone;
+        self.failed += o.failed;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.copied + self.present + self.held_off + self.gone + self.failed
+    }
+}
+
+/// A blocking, pipelining memcache connection.
+pub struct Conn {
+    addr: String,
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+}
+
+impl Conn {
+    pub fn connect(addr: &str, timeout: Duration) -> Result<Conn> {
+        let stream = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeout))?;
+        Ok(Conn {
+            addr: addr.into(),
+            reader: BufReader::new(stream.try_clone()?),
+            writer: stream,
+        })
+    }
+
+    fn line(&mut self) -> Result<String> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            bail!("{} closed the connection", self.addr);
+        }
+        Ok(line.trim_end().to_string())
+    }
+
+    /// Pipelined meta gets: for each key, `(value, remaining ttl (-1: none), flags)` or
+    /// `None` on a miss.
+    pub fn meta_get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<(Vec<u8>, i64, u32)>>> {
+        let mut out = Vec::new();
+        for key in keys {
+            out.extend_from_slice(b"mg ");
+            out.extend_from_slice(key);
+            out.extend_from_slice(b" v t f\r\n");
+        }
+        self.writer.write_all(&out)?;
+        let mut items = Vec::with_capacity(keys.len());
+        for _ in keys {
+            let line = self.line()?;
+            let mut parts = line.split(' ');
+            match parts.next() {
+                Some("EN") => items.push(None),
+                Some("VA") => {
+                    let len: usize = parts
+                        .next()
+                        .and_then(|l| l.parse().ok())
+                        .with_context(|| format!("bad mg reply {line:?}"))?;
+                    let (mut ttl, mut flags) = (-1i64, 0u32);
+                    for flag in parts {
+                        if let Some(t) = flag.strip_prefix('t') {
+                            ttl = t.parse().unwrap_or(-1);
+                        } else if let Some(f) = flag.strip_prefix('f') {
+                            flags = f.parse().unwrap_or(0);
+                        }
+                    }
+                    let mut value = vec![0; len + 2];
+                    self.reader.read_exact(&mut value)?;
+                    value.truncate(len);
+                    items.push(Some((value, ttl, flags)));
+                }
+                _ => bail!("{} answered {line:?} to mg", self.addr),
+            }
+        }
+        Ok(items)
+    }
+
+    /// Pipelined `add`s: true where stored.
+    pub fn add_all(&mut self, items: &[(&[u8], &[u8], u32, i64)]) -> Result<Vec<bool>> {
+        let mut out = Vec::new();
+        for (key, value, flags, ttl) in items {
+            out.extend_from_slice(b"add ");
+            out.extend_from_slice(key);
+            out.extend_from_slice(format!(" {flags} {} {}\r\n", ttl.max(&0), value.len()).as_bytes());
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        self.writer.write_all(&out)?;
+        items
+            .iter()
+            .map(|_| match self.line()?.as_str() {
+                "STORED" => Ok(true),
+                "NOT_STORED" | "EXISTS" => Ok(false),
+                other => bail!("{} answered {other:?} to add", self.addr),
+            })
+            .collect()
+    }
+}
+
+/// Copies `keys` (all held by `warm`) to `cold` with `add`, never overwriting.
+pub fn chunk(warm: &mut Conn, cold: &mut Conn, keys: &[Vec<u8>]) -> Result<Outcome> {
+    let mut outcome = Outcome::default();
+    let text_keys: Vec<&[u8]> = keys
+        .iter()
+        .filter(|k| marker::key::validate(k).is_ok())
+        .map(|k| k.as_slice())
+        .collect();
+    outcome.failed += (keys.len() - text_keys.len()) as u64;
+    let items = warm.meta_get_all(&text_keys)?;
+    let mut to_add = Vec::new();
+    for (key, item) in text_keys.iter().zip(&items) {
+        match item {
+            // `t0` would mean "expires now": treat like gone.
+            Some((value, ttl, flags)) if *ttl != 0 && !holdoff::is_tombstone(*flags, value.len()) => {
+                to_add.push((*key, value.as_slice(), *flags, *ttl))
+            }
+            _ => outcome.gone += 1,
+        }
+    }
+    let stored = cold.add_all(&to_add)?;
+    let refused: Vec<&[u8]> = to_add
+        .iter()
+        .zip(&stored)
+        .filter(|(_, s)| !**s)
+        .map(|((k, ..), _)| *k)
+        .collect();
+    outcome.copied += stored.iter().filter(|s| **s).count() as u64;
+    for item in cold.meta_get_all(&refused)? {
+        match item {
+            Some((value, _, flags)) if holdoff::is_tombstone(flags, value.len()) => {
+                outcome.held_off += 1
+            }
+            // Present, or already expired again: either way not ours to write.
+            _ => outcome.present += 1,
+        }
+    }
+    Ok(outcome)
+}
