@@ -4,7 +4,14 @@
 //! they live here, in a crate with no runtime dependencies that any of them can link:
 //!
 //! - memcache key rules ([`key`]): what a legal key is, checked the same way everywhere;
-//! - the SQL annotation format that embeds invalidation keys in a statement comment;
-//! - remote-marker key naming, and the invalidation batch wire format.
+//! - the SQL annotation format that embeds invalidation keys in a statement comment
+//!   ([`annotation`]);
+//! - the cold-cluster hold-off tombstone ([`holdoff`]);
+//! - remote-marker key naming and protocol ([`remote`]), and the invalidation batch wire
+//!   format ([`batch`]).
 
+pub mod annotation;
+pub mod batch;
+pub mod holdoff;
 pub mod key;
+pub mod remote;

@@ -15,6 +15,8 @@ pub mod memcache;
 pub mod memcached;
 pub mod process;
 pub mod project;
+pub mod router;
+pub mod squeal;
 pub mod twemproxy;
 
 pub use kafka::Broker;

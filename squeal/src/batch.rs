@@ -1,0 +1,214 @@
+//! Packs the keys of committed transactions into batches bounded by bytes and by a linger
+//! time. Under load a batch fills up and leaves at once with many keys; when the stream is
+//! idle the first key leaves after at most `linger` (sub-millisecond by default).
+//!
+//! A batch carries the position after the last transaction it completes: once it and every
+//! batch before it are acknowledged, that position may be checkpointed.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::source::process::{Committed, Position};
+
+/// Bytes a key costs in a packet beyond its own length (`delete ` + `\r\n`).
+pub const KEY_OVERHEAD: usize = 9;
+
+/// A packet of keys.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub seq: u64,
+    /// Keys back to back; `ends[i]` is where key `i` ends.
+    pub data: Vec<u8>,
+    pub ends: Vec<u32>,
+    /// Position after the last transaction this batch completes (None: it completes none).
+    pub pos: Option<Position>,
+    pub gtid: Option<String>,
+    pub txns: u32,
+    /// Server commit time of the last transaction it completes (microseconds since the
+    /// epoch; the binlog has second resolution), 0 if unknown.
+    pub commit_time_us: u64,
+    pub born: Instant,
+}
+
+impl Batch {
+    fn new(seq: u64) -> Batch {
+        Batch {
+            seq,
+            data: Vec::new(),
+            ends: Vec::new(),
+            pos: None,
+            gtid: None,
+            txns: 0,
+            commit_time_us: 0,
+            born: Instant::now(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Wire size as plain memcache deletes.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + KEY_OVERHEAD * self.ends.len()
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&e| {
+            let k = &self.data[start..e as usize];
+            start = e as usize;
+            k
+        })
+    }
+}
+
+/// Builds batches and hands them to the sink stage through a bounded channel (which is what
+/// bounds memory: a full channel stops the binlog reader).
+pub struct Batcher {
+    max_bytes: usize,
+    linger: Duration,
+    cur: Option<Batch>,
+    seq: u64,
+    tx: mpsc::Sender<Batch>,
+    key: Vec<u8>,
+}
+
+/// The sink stage has gone away.
+#[derive(Debug, thiserror::Error)]
+#[error("the sink stage stopped")]
+pub struct Closed;
+
+impl Batcher {
+    pub fn new(max_bytes: usize, linger: Duration, tx: mpsc::Sender<Batch>) -> Batcher {
+        Batcher {
+            max_bytes,
+            linger,
+            cur: None,
+            seq: 0,
+            tx,
+            key: Vec::new(),
+        }
+    }
+
+    /// When the open batch must leave, if there is one.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.cur.as_ref().map(|b| b.born + self.linger)
+    }
+
+    fn open(&mut self) -> &mut Batch {
+        if self.cur.is_none() {
+            self.seq += 1;
+            self.cur = Some(Batch::new(self.seq));
+        }
+        self.cur.as_mut().expect("just opened")
+    }
+
+    async fn add_key(&mut self, key: &[u8]) -> Result<(), Closed> {
+        let full = self
+            .cur
+            .as_ref()
+            .is_some_and(|b| b.bytes() + key.len() + KEY_OVERHEAD > self.max_bytes);
+        if full {
+            self.flush().await?;
+        }
+        let b = self.open();
+        b.data.extend_from_slice(key);
+        b.ends.push(b.data.len() as u32);
+        Ok(())
+    }
+
+    /// Adds a committed transaction's keys; the open batch then completes it.
+    pub async fn push(&mut self, c: Committed) -> Result<(), Closed> {
+        let mut reader = match c.keys.into_reader() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "reading spilled transaction keys");
+                return Err(Closed);
+            }
+        };
+        let mut key = std::mem::take(&mut self.key);
+        loop {
+            match reader.next_key(&mut key) {
+                Ok(true) => self.add_key(&key).await?,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading spilled transaction keys");
+                    return Err(Closed);
+                }
+            }
+        }
+        self.key = key;
+        let b = self.open();
+        b.pos = Some(c.pos);
+        b.gtid = c.gtid;
+        b.commit_time_us = c.commit_ts as u64 * 1_000_000;
+        b.txns += 1;
+        if b.bytes() + KEY_OVERHEAD + 250 > self.max_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the open batch now.
+    pub async fn flush(&mut self) -> Result<(), Closed> {
+        if let Some(b) = self.cur.take() {
+            metrics::histogram!("squeal_keys_per_packet").record(b.len() as f64);
+            metrics::histogram!("squeal_packet_bytes").record(b.bytes() as f64);
+            self.tx.send(b).await.map_err(|_| Closed)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::transaction::TxnKeys;
+
+    fn txn(keys: &[&str], pos: u64) -> Committed {
+        let mut t = TxnKeys::new(1 << 20);
+        for k in keys {
+            t.insert(k.as_bytes()).unwrap();
+        }
+        Committed {
+            keys: t,
+            pos: Position {
+                file: "f".into(),
+                pos,
+            },
+            gtid: None,
+            commit_ts: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn packs_by_bytes_and_keeps_positions_in_order() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let mut b = Batcher::new(300, Duration::from_millis(1), tx);
+        let keys: Vec<String> = (0..100).map(|i| format!("key:{i:04}")).collect();
+        for (i, chunk) in keys.chunks(7).enumerate() {
+            let refs: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
+            b.push(txn(&refs, i as u64 + 10)).await.unwrap();
+        }
+        b.flush().await.unwrap();
+        drop(b);
+        let mut all = Vec::new();
+        let mut last_pos = 0;
+        while let Some(batch) = rx.recv().await {
+            assert!(batch.bytes() <= 300, "{}", batch.bytes());
+            all.extend(batch.keys().map(|k| String::from_utf8(k.to_vec()).unwrap()));
+            if let Some(p) = batch.pos {
+                assert!(p.pos > last_pos);
+                last_pos = p.pos;
+            }
+        }
+        assert_eq!(all, keys);
+        assert_eq!(last_pos, 10 + 14);
+    }
+}

@@ -1,0 +1,337 @@
+//! squeal's TOML configuration: one section per stage of the data flow, each validated
+//! before anything starts (a bad config refuses to start and says where).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    #[serde(default)]
+    pub extract: ExtractConfig,
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// One or more sinks; a batch counts as delivered once every sink acknowledged it.
+    #[serde(rename = "sink")]
+    pub sinks: Vec<SinkConfig>,
+    pub checkpoint: CheckpointConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[source]`: the server to tail.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `mysql://user:password@host:port/`.
+    pub url: String,
+    /// Replica server id squeal registers with; must be unique among the server's replicas.
+    pub server_id: u32,
+    /// Heartbeat period the server is asked for; the connection is considered dead after
+    /// three missed heartbeats.
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+    /// Where to start when there is no checkpoint: `current` (the server's position now) or
+    /// `earliest` (the oldest binlog the server has).
+    #[serde(default)]
+    pub start: StartAt,
+    /// MariaDB replica capability announced to the server: 1 gets ANNOTATE_ROWS events (SQL
+    /// annotations work; the GTID position is looked up with BINLOG_GTID_POS), 4 gets native
+    /// GTID events but no ANNOTATE_ROWS (stock mysql_common cannot ask for them).
+    #[serde(default = "default_capability")]
+    pub mariadb_capability: u8,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartAt {
+    #[default]
+    Current,
+    Earliest,
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+fn default_reconnect_min_ms() -> u64 {
+    100
+}
+fn default_reconnect_max_ms() -> u64 {
+    5000
+}
+fn default_capability() -> u8 {
+    1
+}
+
+/// `[extract]`: which keys a transaction invalidates.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractConfig {
+    /// Read `/* squeal:inv ... */` annotations from statement text.
+    #[serde(default = "yes")]
+    pub annotations: bool,
+    /// Annotations count only in transactions that changed a row of one of these databases
+    /// (empty: any database).
+    #[serde(default)]
+    pub annotation_databases: Vec<String>,
+    /// Row rules: key templates over column values.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+    /// Outbox tables: every row inserted holds one key.
+    #[serde(default, rename = "outbox")]
+    pub outboxes: Vec<OutboxConfig>,
+    /// Keys a transaction holds in memory before the rest spills to a temporary file.
+    #[serde(default = "default_txn_memory")]
+    pub max_transaction_bytes: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_txn_memory() -> usize {
+    64 << 20
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        ExtractConfig {
+            annotations: true,
+            annotation_databases: Vec::new(),
+            rules: Vec::new(),
+            outboxes: Vec::new(),
+            max_transaction_bytes: default_txn_memory(),
+        }
+    }
+}
+
+/// `[[extract.rule]]`: for rows of `database`.`table` (`*` matches any name), one key per
+/// template, e.g. `user:{id}`. UPDATE rows yield the keys of the before and the after image.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub database: String,
+    pub table: String,
+    pub keys: Vec<String>,
+}
+
+/// `[[extract.outbox]]`: rows inserted into this table carry one key in `column`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    pub database: String,
+    pub table: String,
+    #[serde(default = "default_outbox_column")]
+    pub column: String,
+}
+
+fn default_outbox_column() -> String {
+    "cache_key".into()
+}
+
+/// `[batch]`: packets bounded by bytes and by linger time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Largest packet, counting each key plus its command overhead.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// How long a partly filled packet waits for more keys, in microseconds.
+    #[serde(default = "default_linger_us")]
+    pub linger_us: u64,
+    /// Batches handed to the sinks and not yet acknowledged.
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_max_bytes() -> usize {
+    16 * 1024
+}
+fn default_linger_us() -> u64 {
+    500
+}
+fn default_in_flight() -> usize {
+    8
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_bytes: default_max_bytes(),
+            linger_us: default_linger_us(),
+            max_in_flight: default_in_flight(),
+        }
+    }
+}
+
+/// `[[sink]]`: where batches go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// Pipelined `delete`s to every endpoint (memcached, squeal-router, mcrouter, twemproxy).
+    Memcache {
+        endpoints: Vec<String>,
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        /// Connections per endpoint (batches in flight to one endpoint).
+        #[serde(default = "default_conns")]
+        connections: usize,
+    },
+    /// Prints every key (or only counts them, with `quiet`), for debugging and benchmarks.
+    Debug {
+        #[serde(default)]
+        quiet: bool,
+    },
+}
+
+fn default_timeout_ms() -> u64 {
+    2000
+}
+fn default_conns() -> usize {
+    4
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    pub path: PathBuf,
+    /// How often the acknowledged position is written.
+    #[serde(default = "default_cp_interval")]
+    pub interval_ms: u64,
+    /// What to do when the binlog at the checkpoint is gone: `fail` (stop with an error) or
+    /// `flush` (flush_all every target, then resume from the server's current position).
+    #[serde(default)]
+    pub on_missing_binlog: OnMissing,
+}
+
+fn default_cp_interval() -> u64 {
+    200
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissing {
+    #[default]
+    Fail,
+    Flush,
+}
+
+/// `[metrics]`: Prometheus exporter (loopback by default).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "default_metrics_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+fn default_metrics_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9150)))
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file; errors name the file and the line.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        Config::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let config: Config = toml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.source.server_id == 0 {
+            bail!("[source] server_id must not be 0");
+        }
+        if ![1, 4].contains(&self.source.mariadb_capability) {
+            bail!("[source] mariadb_capability must be 1 or 4");
+        }
+        if self.source.heartbeat_ms == 0 || self.source.reconnect_min_ms == 0 {
+            bail!("[source] heartbeat_ms and reconnect_min_ms must be positive");
+        }
+        if self.sinks.is_empty() {
+            bail!("at least one [[sink]] is required");
+        }
+        for (i, s) in self.sinks.iter().enumerate() {
+            if let SinkConfig::Memcache {
+                endpoints,
+                connections,
+                ..
+            } = s
+            {
+                if endpoints.is_empty() {
+                    bail!("[[sink]] #{}: memcache sink needs endpoints", i + 1);
+                }
+                if *connections == 0 {
+                    bail!("[[sink]] #{}: connections must be positive", i + 1);
+                }
+            }
+        }
+        if self.batch.max_bytes < 300 {
+            bail!("[batch] max_bytes must be at least 300 (one key of 250 bytes fits)");
+        }
+        if self.batch.max_in_flight == 0 {
+            bail!("[batch] max_in_flight must be positive");
+        }
+        for (i, r) in self.extract.rules.iter().enumerate() {
+            if r.keys.is_empty() {
+                bail!("[[extract.rule]] #{}: keys is empty", i + 1);
+            }
+            for k in &r.keys {
+                crate::extract::rules::Template::parse(k)
+                    .map_err(|e| anyhow::anyhow!("[[extract.rule]] #{} key {k:?}: {e}", i + 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_millis(self.source.heartbeat_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../deploy/squeal.toml");
+
+    #[test]
+    fn example_config_parses() {
+        let c = Config::parse(EXAMPLE).unwrap();
+        assert!(!c.sinks.is_empty());
+        assert!(!c.extract.rules.is_empty());
+    }
+
+    #[test]
+    fn errors_say_where() {
+        let bad = EXAMPLE.replace("server_id", "server_idd");
+        let err = format!("{:#}", Config::parse(&bad).unwrap_err());
+        assert!(err.contains("server_idd"), "{err}");
+        assert!(err.contains("line"), "{err}");
+        let bad = EXAMPLE.replace("user:{id}", "user:{id");
+        let err = format!("{:#}", Config::parse(&bad).unwrap_err());
+        assert!(err.contains("user:{id"), "{err}");
+    }
+}

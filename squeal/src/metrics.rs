@@ -1,0 +1,76 @@
+//! Prometheus metrics (the `metrics` crate, exported over HTTP on a loopback port by
+//! default). Names:
+//!
+//! - `squeal_lag_seconds`, `squeal_lag_bytes`: how far behind the server's current position
+//!   the reader is (seconds by event timestamps, bytes by binlog sizes);
+//! - `squeal_transactions_total`, `squeal_rows_total`, `squeal_keys_total`,
+//!   `squeal_events_total`: rates come from these counters;
+//! - `squeal_keys_per_packet`, `squeal_packet_bytes` (histograms);
+//! - `squeal_sink_latency_seconds{sink}`, `squeal_batch_ack_seconds` (histograms);
+//! - `squeal_keys_delivered_total`, `squeal_checkpoint_writes_total`;
+//! - errors: `squeal_bad_annotations_total`, `squeal_bad_keys_total`,
+//!   `squeal_decode_errors_total`, `squeal_schema_problems_total`,
+//!   `squeal_sink_errors_total{sink}`, `squeal_sink_rejected_keys_total`,
+//!   `squeal_reconnects_total`, `squeal_rolled_back_total`;
+//! - `squeal_up` (1 once the first binlog connection is established).
+
+use std::net::SocketAddr;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use crate::source::process::Stats;
+
+pub fn install(listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let mut b = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("squeal_keys_per_packet".into()),
+            &[
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Suffix("_seconds".into()),
+            &[
+                0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0,
+            ],
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("squeal_packet_bytes".into()),
+            &[64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0],
+        )?;
+    match listen {
+        Some(addr) => {
+            b = b.with_http_listener(addr);
+            b.install()
+                .map_err(|e| anyhow::anyhow!("metrics listener on {addr}: {e}"))?;
+        }
+        None => {
+            let recorder = b.build_recorder();
+            metrics::set_global_recorder(recorder)
+                .map_err(|e| anyhow::anyhow!("metrics recorder: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Publishes the processor's counters (adds what changed since `prev`).
+pub fn publish(stats: &Stats, prev: &mut Stats) {
+    macro_rules! delta {
+        ($field:ident, $name:literal) => {
+            if stats.$field > prev.$field {
+                metrics::counter!($name).increment(stats.$field - prev.$field);
+            }
+        };
+    }
+    delta!(events, "squeal_events_total");
+    delta!(rows, "squeal_rows_total");
+    delta!(keys, "squeal_keys_total");
+    delta!(txns, "squeal_transactions_total");
+    delta!(rolled_back, "squeal_rolled_back_total");
+    delta!(bad_annotations, "squeal_bad_annotations_total");
+    delta!(bad_keys, "squeal_bad_keys_total");
+    delta!(decode_errors, "squeal_decode_errors_total");
+    delta!(schema_problems, "squeal_schema_problems_total");
+    delta!(ddl, "squeal_ddl_total");
+    *prev = stats.clone();
+}

@@ -1,0 +1,397 @@
+//! Wires the stages together: source -> extract -> batch -> sink, and the checkpoint.
+//!
+//! Tasks: the reader (binlog stream, processor, batcher) in the calling task; the
+//! dispatcher (sinks, bounded in-flight, in-order acks); the checkpointer (writes the acked
+//! position every `interval_ms`); the lag poller. A bounded channel between reader and
+//! dispatcher bounds memory: when the sinks fall behind, reading the binlog waits.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use futures_util::StreamExt;
+use mysql_async::prelude::*;
+use tokio::sync::{mpsc, watch};
+
+use crate::batch::Batcher;
+use crate::checkpoint::{self, Checkpoint};
+use crate::config::{Config, OnMissing, StartAt};
+use crate::sink::{self, Acked};
+use crate::source::live::{self, InfoSchema};
+use crate::source::process::{Position, ProcessError, Processor, Stats};
+
+/// How a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Until stopped (SIGTERM/SIGINT).
+    Follow,
+    /// Until the position the server had at start is processed and acknowledged.
+    UntilCurrent,
+}
+
+/// What a run did (printed by `--until-current`).
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    pub stats: Stats,
+    pub seconds: f64,
+    pub delivered_keys: u64,
+    pub end: Option<Position>,
+}
+
+fn before(a: &Position, b: &Position) -> bool {
+    (a.file.as_str(), a.pos) < (b.file.as_str(), b.pos)
+}
+
+/// Chooses where to start: the checkpoint, or (without one) `start`.
+async fn start_position(cfg: &Config) -> anyhow::Result<(Position, Option<String>)> {
+    let mut conn = mysql_async::Conn::new(live::opts(&cfg.source)?)
+        .await
+        .context("connecting to the server")?;
+    live::check_server(&mut conn).await?;
+    let logs = live::binary_logs(&mut conn).await?;
+    let cp = checkpoint::load(&cfg.checkpoint.path)?;
+    let pos = match cp {
+        Some(cp) => {
+            if logs.iter().any(|(f, _)| *f == cp.file) {
+                tracing::info!(position = %cp.position(), gtid = ?cp.gtid, "resuming from checkpoint");
+                return Ok((cp.position(), cp.gtid));
+            }
+            let oldest = logs.first().map(|(f, _)| f.as_str()).unwrap_or("none");
+            match cfg.checkpoint.on_missing_binlog {
+                OnMissing::Fail => bail!(
+                    "the checkpoint {} points at binlog {}:{}, which the server no longer has \
+                     (oldest is {oldest}); invalidations between them are lost to squeal. \
+                     Flush the caches and remove the checkpoint, or set \
+                     [checkpoint] on_missing_binlog = \"flush\"",
+                    cfg.checkpoint.path.display(),
+                    cp.file,
+                    cp.pos
+                ),
+                OnMissing::Flush => {
+                    tracing::warn!(file = %cp.file, oldest, "binlog at checkpoint is gone: flushing every target and resuming at the current position");
+                    for s in sink::build(&cfg.sinks)? {
+                        s.flush_all()
+                            .await
+                            .map_err(|e| anyhow::anyhow!("{}: {e}", s.name()))?;
+                    }
+                    let p = live::server_position(&mut conn).await?;
+                    checkpoint::store(
+                        &cfg.checkpoint.path,
+                        &Checkpoint {
+                            file: p.file.clone(),
+                            pos: p.pos,
+                            gtid: None,
+                        },
+                    )?;
+                    p
+                }
+            }
+        }
+        None => match cfg.source.start {
+            StartAt::Current => live::server_position(&mut conn).await?,
+            StartAt::Earliest => Position {
+                file: logs
+                    .first()
+                    .map(|(f, _)| f.clone())
+                    .context("the server lists no binary logs")?,
+                pos: 4,
+            },
+        },
+    };
+    let _ = conn.disconnect().await;
+    Ok((pos, None))
+}
+
+/// Writes the acknowledged position every `interval`, and once more at the end.
+async fn checkpointer(
+    cfg: Config,
+    mariadb: bool,
+    mut acked: watch::Receiver<Acked>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let interval = Duration::from_millis(cfg.checkpoint.interval_ms.max(1));
+    let mut written: Option<Position> = None;
+    let mut gtid_conn: Option<mysql_async::Conn> = None;
+    loop {
+        let stopping = *stop.borrow();
+        let a = acked.borrow_and_update().clone();
+        if let Some(pos) = a.pos {
+            if written.as_ref() != Some(&pos) {
+                // MariaDB: the GTID position of file:pos, when the stream did not carry it.
+                let mut gtid = a.gtid.clone();
+                if mariadb && (gtid.is_none() || cfg.source.mariadb_capability < 4) {
+                    if gtid_conn.is_none() {
+                        if let Ok(o) = live::opts(&cfg.source) {
+                            gtid_conn = mysql_async::Conn::new(o).await.ok();
+                        }
+                    }
+                    if let Some(c) = gtid_conn.as_mut() {
+                        match c
+                            .exec_first::<Option<String>, _, _>(
+                                "SELECT BINLOG_GTID_POS(?, ?)",
+                                (pos.file.as_str(), pos.pos),
+                            )
+                            .await
+                        {
+                            Ok(Some(Some(g))) if !g.is_empty() => gtid = Some(g),
+                            Ok(_) => {}
+                            Err(_) => gtid_conn = None,
+                        }
+                    }
+                }
+                let cp = Checkpoint {
+                    file: pos.file.clone(),
+                    pos: pos.pos,
+                    gtid,
+                };
+                match checkpoint::store(&cfg.checkpoint.path, &cp) {
+                    Ok(()) => {
+                        metrics::counter!("squeal_checkpoint_writes_total").increment(1);
+                        written = Some(pos);
+                    }
+                    Err(e) => {
+                        metrics::counter!("squeal_checkpoint_errors_total").increment(1);
+                        tracing::error!(path = %cfg.checkpoint.path.display(), error = %e, "writing checkpoint");
+                    }
+                }
+            }
+        }
+        if stopping {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
+/// Polls the server's position for the lag metrics.
+async fn lag_poller(cfg: Config, reader: Arc<Mutex<(Position, u32)>>) {
+    let mut conn: Option<mysql_async::Conn> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if conn.is_none() {
+            conn = match live::opts(&cfg.source) {
+                Ok(o) => mysql_async::Conn::new(o).await.ok(),
+                Err(_) => None,
+            };
+        }
+        let Some(c) = conn.as_mut() else { continue };
+        let (rpos, ts) = reader.lock().map(|g| g.clone()).unwrap_or_default();
+        let logs = match live::binary_logs(c).await {
+            Ok(l) => l,
+            Err(_) => {
+                conn = None;
+                continue;
+            }
+        };
+        let mut behind = 0u64;
+        let mut seen = false;
+        for (f, size) in &logs {
+            if *f == rpos.file {
+                seen = true;
+                behind += size.saturating_sub(rpos.pos);
+            } else if seen || f.as_str() > rpos.file.as_str() {
+                behind += size.saturating_sub(4);
+            }
+        }
+        metrics::gauge!("squeal_lag_bytes").set(behind as f64);
+        let lag = if behind == 0 || ts == 0 {
+            0.0
+        } else {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            now.saturating_sub(ts as u64) as f64
+        };
+        metrics::gauge!("squeal_lag_seconds").set(lag);
+    }
+}
+
+enum ReadEnd {
+    /// Target reached or stop requested.
+    Done,
+    /// Connection lost: reconnect.
+    Lost(String),
+}
+
+/// Runs squeal until stopped (or, in `UntilCurrent` mode, until caught up).
+pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let sinks = sink::build(&cfg.sinks)?;
+    let (start, _gtid) = start_position(&cfg).await?;
+    let target = if mode == Mode::UntilCurrent {
+        let mut c = mysql_async::Conn::new(live::opts(&cfg.source)?).await?;
+        let p = live::server_position(&mut c).await?;
+        let _ = c.disconnect().await;
+        tracing::info!(from = %start, to = %p, "catching up");
+        Some(p)
+    } else {
+        None
+    };
+
+    let (btx, brx) = mpsc::channel(cfg.batch.max_in_flight.max(1) * 2);
+    let (atx, arx) = watch::channel(Acked::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let dispatcher = tokio::spawn(sink::dispatch(brx, sinks, cfg.batch.max_in_flight, atx));
+
+    let mut processor = Processor::new(
+        &cfg.extract,
+        Box::new(InfoSchema::new(live::opts(&cfg.source)?)),
+    )
+    .map_err(|e| anyhow::anyhow!("[extract]: {e}"))?;
+    processor.reset_to(&start);
+    let mut batcher = Batcher::new(
+        cfg.batch.max_bytes,
+        Duration::from_micros(cfg.batch.linger_us),
+        btx,
+    );
+    let reader_pos = Arc::new(Mutex::new((start.clone(), 0u32)));
+    let poller = tokio::spawn(lag_poller(cfg.clone(), reader_pos.clone()));
+
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut prev = Stats::default();
+    let mut backoff = Duration::from_millis(cfg.source.reconnect_min_ms);
+    let dead_after = cfg.heartbeat() * 3 + Duration::from_secs(1);
+    let mut checkpointer_task = None;
+    let mut out = Vec::new();
+    let mut last_log = Instant::now() - Duration::from_secs(10);
+    let result: anyhow::Result<()> = 'outer: loop {
+        let pos = processor.position();
+        let (mut stream, info) = match live::open_stream(&cfg.source, &pos).await {
+            Ok(s) => s,
+            Err(e) => {
+                metrics::counter!("squeal_reconnects_total").increment(1);
+                let msg = format!("{e:#}");
+                if msg.contains("binlog_format") || msg.contains("log_bin") {
+                    break Err(e);
+                }
+                tracing::warn!(error = %msg, retry_in = ?backoff, "binlog connection failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::signal::ctrl_c() => break Ok(()),
+                    _ = sigterm.recv() => break Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_millis(cfg.source.reconnect_max_ms));
+                continue;
+            }
+        };
+        if checkpointer_task.is_none() {
+            checkpointer_task = Some(tokio::spawn(checkpointer(
+                cfg.clone(),
+                info.mariadb,
+                arx.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        tracing::info!(position = %pos, server = %info.version, "binlog stream open");
+        let end: ReadEnd = loop {
+            if let Some(t) = &target {
+                if !processor.in_transaction() && !before(&processor.position(), t) {
+                    break ReadEnd::Done;
+                }
+            }
+            let deadline = batcher.deadline();
+            let ev = tokio::select! {
+                ev = tokio::time::timeout(dead_after, stream.next()) => ev,
+                _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
+                    if batcher.flush().await.is_err() { break 'outer Err(anyhow::anyhow!("sink stage stopped")); }
+                    continue;
+                }
+                _ = sigterm.recv() => break ReadEnd::Done,
+                _ = tokio::signal::ctrl_c() => break ReadEnd::Done,
+            };
+            let ev = match ev {
+                Err(_) => break ReadEnd::Lost(format!("no event or heartbeat for {dead_after:?}")),
+                Ok(None) => break ReadEnd::Lost("the server ended the stream".into()),
+                Ok(Some(Err(e))) => {
+                    let msg = e.to_string();
+                    if msg.contains("1236") || msg.contains("Could not find first log file") {
+                        break 'outer Err(anyhow::anyhow!(
+                            "the server cannot send binlog {pos}: {msg}"
+                        ));
+                    }
+                    break ReadEnd::Lost(msg);
+                }
+                Ok(Some(Ok(ev))) => ev,
+            };
+            metrics::gauge!("squeal_up").set(1.0);
+            backoff = Duration::from_millis(cfg.source.reconnect_min_ms);
+            if let Err(e) = processor.handle(&ev, &mut out) {
+                match e {
+                    ProcessError::Spill(_)
+                    | ProcessError::Unsupported(..)
+                    | ProcessError::Event(..) => {
+                        break 'outer Err(anyhow::anyhow!("at {}: {e}", processor.position()));
+                    }
+                }
+            }
+            for c in out.drain(..) {
+                if batcher.push(c).await.is_err() {
+                    break 'outer Err(anyhow::anyhow!("sink stage stopped"));
+                }
+            }
+            if processor.stats.events % 64 == 0 || last_log.elapsed() > Duration::from_millis(200) {
+                crate::metrics::publish(&processor.stats, &mut prev);
+                if let Ok(mut g) = reader_pos.lock() {
+                    *g = (processor.position(), processor.last_ts);
+                }
+                if !processor.problems.is_empty() {
+                    if last_log.elapsed() > Duration::from_secs(1) {
+                        for p in processor.problems.iter().take(5) {
+                            tracing::warn!(problem = %p, "extract");
+                        }
+                        if processor.problems.len() > 5 {
+                            tracing::warn!(
+                                more = processor.problems.len() - 5,
+                                "more extract problems"
+                            );
+                        }
+                        last_log = Instant::now();
+                    }
+                    processor.problems.clear();
+                }
+            }
+        };
+        match end {
+            ReadEnd::Done => break Ok(()),
+            ReadEnd::Lost(why) => {
+                metrics::counter!("squeal_reconnects_total").increment(1);
+                metrics::gauge!("squeal_up").set(0.0);
+                let resume = processor.position();
+                tracing::warn!(reason = %why, resume = %resume, retry_in = ?backoff, "binlog stream lost; reconnecting");
+                processor.reset_to(&resume);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_millis(cfg.source.reconnect_max_ms));
+            }
+        }
+    };
+    crate::metrics::publish(&processor.stats, &mut prev);
+    for p in processor.problems.drain(..).take(5) {
+        tracing::warn!(problem = %p, "extract");
+    }
+    // Deliver what is batched, then the final checkpoint.
+    let _ = batcher.flush().await;
+    drop(batcher);
+    let drained = tokio::time::timeout(Duration::from_secs(30), dispatcher).await;
+    if drained.is_err() {
+        tracing::error!(
+            "sinks did not acknowledge everything within 30 s; the checkpoint stays behind"
+        );
+    }
+    let _ = stop_tx.send(true);
+    if let Some(t) = checkpointer_task {
+        let _ = t.await;
+    }
+    poller.abort();
+    result?;
+    let acked = arx.borrow().clone();
+    Ok(Summary {
+        stats: processor.stats.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+        delivered_keys: acked.keys,
+        end: acked.pos,
+    })
+}

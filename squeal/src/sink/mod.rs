@@ -1,0 +1,136 @@
+//! Sinks deliver batches and say when every key of a batch is acknowledged.
+//!
+//! The contract a sink implements ([`Sink`]): `send` takes a batch and returns a future that
+//! resolves once the batch is delivered (for memcache: every endpoint answered DELETED or
+//! NOT_FOUND for every key). The dispatcher keeps up to `max_in_flight` batches outstanding,
+//! acknowledges them strictly in order, and retries a failed send with backoff forever
+//! (deletes are idempotent, so a retry is harmless; skipping one is not). A sink that talks
+//! to something able to acknowledge durably (the native router protocol with sequence
+//! numbers, Kafka with acks=all) implements the same trait: `send` frames the batch, and
+//! resolves on the peer's ack for that sequence number.
+
+pub mod debug;
+pub mod memcache;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::batch::Batch;
+use crate::config::SinkConfig;
+use crate::source::process::Position;
+
+/// A sink's failure to deliver a batch (the dispatcher retries).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SinkError(pub String);
+
+pub type SinkFuture = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
+
+/// Something that delivers batches of invalidation keys.
+pub trait Sink: Send + Sync {
+    /// Short name for logs and metrics labels.
+    fn name(&self) -> &str;
+    /// Delivers `batch`; resolves when all of it is acknowledged. Several sends may be
+    /// outstanding at once.
+    fn send(&self, batch: Arc<Batch>) -> SinkFuture;
+    /// Empties every target (used when the binlog at the checkpoint is gone and the
+    /// operator chose to flush and resume).
+    fn flush_all(&self) -> SinkFuture;
+}
+
+/// Builds the configured sinks.
+pub fn build(configs: &[SinkConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
+    configs
+        .iter()
+        .map(|c| -> anyhow::Result<Arc<dyn Sink>> {
+            Ok(match c {
+                SinkConfig::Memcache {
+                    endpoints,
+                    timeout_ms,
+                    connections,
+                } => Arc::new(memcache::MemcacheSink::new(
+                    endpoints.clone(),
+                    Duration::from_millis(*timeout_ms),
+                    *connections,
+                )),
+                SinkConfig::Debug { quiet } => Arc::new(debug::DebugSink::new(*quiet)),
+            })
+        })
+        .collect()
+}
+
+/// What has been acknowledged: the last position (and GTID) whose batches all arrived.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acked {
+    pub seq: u64,
+    pub pos: Option<Position>,
+    pub gtid: Option<String>,
+    pub keys: u64,
+}
+
+async fn deliver(sinks: Arc<Vec<Arc<dyn Sink>>>, batch: Arc<Batch>) -> Arc<Batch> {
+    for sink in sinks.iter() {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let started = std::time::Instant::now();
+            match sink.send(batch.clone()).await {
+                Ok(()) => {
+                    metrics::histogram!("squeal_sink_latency_seconds", "sink" => sink.name().to_string())
+                        .record(started.elapsed().as_secs_f64());
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!("squeal_sink_errors_total", "sink" => sink.name().to_string())
+                        .increment(1);
+                    tracing::warn!(sink = sink.name(), seq = batch.seq, error = %e, "delivery failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+    batch
+}
+
+/// Sends batches to every sink, up to `max_in_flight` at once, and publishes what is
+/// acknowledged, in order. Returns when the batch channel closes and all is delivered.
+pub async fn dispatch(
+    mut rx: mpsc::Receiver<Batch>,
+    sinks: Vec<Arc<dyn Sink>>,
+    max_in_flight: usize,
+    acked: watch::Sender<Acked>,
+) {
+    let sinks = Arc::new(sinks);
+    let mut inflight = FuturesOrdered::new();
+    let mut open = true;
+    let mut state = Acked::default();
+    loop {
+        tokio::select! {
+            b = rx.recv(), if open && inflight.len() < max_in_flight => match b {
+                Some(b) => inflight.push_back(deliver(sinks.clone(), Arc::new(b))),
+                None => open = false,
+            },
+            Some(b) = inflight.next(), if !inflight.is_empty() => {
+                let b: Arc<Batch> = b;
+                metrics::counter!("squeal_keys_delivered_total").increment(b.len() as u64);
+                metrics::histogram!("squeal_batch_ack_seconds").record(b.born.elapsed().as_secs_f64());
+                state.seq = b.seq;
+                state.keys += b.len() as u64;
+                if let Some(p) = &b.pos {
+                    state.pos = Some(p.clone());
+                    state.gtid = b.gtid.clone();
+                }
+                acked.send_replace(state.clone());
+            }
+            else => break,
+        }
+        if !open && inflight.is_empty() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Source: the binlog, read as a replica (live, [`live`]) or from a file (tests, tools),
+//! decoded into committed transactions by [`process::Processor`].
+
+pub mod decode;
+pub mod live;
+pub mod mariadb;
+pub mod process;
+pub mod schema;
+
+use std::io::BufReader;
+use std::path::Path;
+
+use mysql_common::binlog::consts::{BinlogVersion, EventType};
+use mysql_common::binlog::events::TransactionPayloadEvent;
+use mysql_common::binlog::EventStreamReader;
+
+use process::{Committed, ProcessError, Processor};
+
+/// Why a binlog file could not be read to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: not a binlog file (no \\xfebin magic)")]
+    NotBinlog { path: String },
+    #[error("{path}: event {index} at offset {offset}: {source}")]
+    Event {
+        path: String,
+        index: usize,
+        offset: u64,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Process { path: String, source: ProcessError },
+}
+
+/// Reads a binlog file through `proc`, calling `on_commit` for every committed transaction.
+/// Compressed transaction payloads (MySQL 8) are unpacked and their events processed in
+/// place. Returns the number of events read. Never panics on a damaged file.
+pub fn read_file(
+    path: &Path,
+    proc: &mut Processor,
+    mut on_commit: impl FnMut(Committed),
+) -> Result<usize, FileError> {
+    let p = path.display().to_string();
+    let data = std::fs::read(path).map_err(|source| FileError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    if data.len() < 4 || &data[..4] != b"\xfebin" {
+        return Err(FileError::NotBinlog { path: p });
+    }
+    proc.file = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    proc.pos = 4;
+    read_events(&data[4..], proc, &mut on_commit).map_err(|e| match e {
+        ReadError::Event(index, offset, source) => FileError::Event {
+            path: p.clone(),
+            index,
+            offset: offset + 4,
+            source,
+        },
+        ReadError::Process(source) => FileError::Process {
+            path: p.clone(),
+            source,
+        },
+    })
+}
+
+/// An error reading a buffer of events.
+#[derive(Debug)]
+pub enum ReadError {
+    Event(usize, u64, std::io::Error),
+    Process(ProcessError),
+}
+
+/// Reads events back to back from `bytes` (what follows the magic of a binlog file).
+pub fn read_events(
+    bytes: &[u8],
+    proc: &mut Processor,
+    on_commit: &mut dyn FnMut(Committed),
+) -> Result<usize, ReadError> {
+    let mut esr = EventStreamReader::new(BinlogVersion::Version4);
+    let mut input = BufReader::new(bytes);
+    let mut out = Vec::new();
+    let mut n = 0;
+    let total = bytes.len() as u64;
+    loop {
+        let offset = total - input.get_ref().len() as u64 - input.buffer().len() as u64;
+        let ev = match esr.read(&mut input) {
+            Ok(Some(ev)) => ev,
+            Ok(None) => break,
+            Err(e) => return Err(ReadError::Event(n, offset, e)),
+        };
+        n += 1;
+        proc.handle(&ev, &mut out).map_err(ReadError::Process)?;
+        if ev.header().event_type_raw() == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
+            let tpe: TransactionPayloadEvent = ev
+                .read_event()
+                .map_err(|e| ReadError::Event(n, offset, e))?;
+            let mut reader = tpe
+                .decompressed()
+                .map_err(|e| ReadError::Event(n, offset, e))?;
+            loop {
+                match esr.read_decompressed(&mut reader) {
+                    Ok(Some(inner)) => {
+                        n += 1;
+                        proc.handle(&inner, &mut out).map_err(ReadError::Process)?;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return Err(ReadError::Event(n, offset, e)),
+                }
+            }
+        }
+        for c in out.drain(..) {
+            on_commit(c);
+        }
+    }
+    Ok(n)
+}

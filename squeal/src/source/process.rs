@@ -1,0 +1,644 @@
+//! The synchronous core of the source: binlog events in, committed transactions (their
+//! deduplicated keys and the position after their commit) out. The live stream and the
+//! file reader both feed it, so the fixture tests run the code production runs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use mysql_common::binlog::consts::EventType;
+use mysql_common::binlog::events::{
+    Event, GtidEvent as MyGtidEvent, QueryEvent, RotateEvent, RowsQueryEvent, TableMapEvent,
+};
+
+use super::decode::{format_value, lenenc, read_image, ColSpec};
+use super::mariadb;
+use super::schema::{plan, SchemaLookup, TablePlan};
+use crate::config::ExtractConfig;
+use crate::extract::rules::{BoundPart, Rule};
+use crate::extract::transaction::TxnKeys;
+
+/// A binlog position: file and byte offset of the next event.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub file: String,
+    pub pos: u64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.pos)
+    }
+}
+
+/// A committed transaction: its keys and where the stream stands after its commit.
+pub struct Committed {
+    pub keys: TxnKeys,
+    pub pos: Position,
+    /// GTID of the transaction when the stream carries it (MySQL `uuid:n`, MariaDB `d-s-n`).
+    pub gtid: Option<String>,
+    /// Server timestamp of the commit event (seconds since the epoch).
+    pub commit_ts: u32,
+}
+
+/// Counters the processor keeps (exported as metrics by the caller).
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub events: u64,
+    pub rows: u64,
+    pub keys: u64,
+    pub txns: u64,
+    pub rolled_back: u64,
+    pub bad_annotations: u64,
+    pub bad_keys: u64,
+    pub decode_errors: u64,
+    pub schema_problems: u64,
+    pub ddl: u64,
+}
+
+/// Why the stream cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("unsupported binlog event {0}: {1}")]
+    Unsupported(u8, &'static str),
+    #[error("reading event type {0} at {1}: {2}")]
+    Event(u8, String, std::io::Error),
+    #[error("spilling transaction keys: {0}")]
+    Spill(std::io::Error),
+}
+
+/// Events in, committed transactions out.
+pub struct Processor {
+    rules: Vec<Rule>,
+    outboxes: Vec<(String, String, String)>,
+    annotations: bool,
+    annotation_dbs: Vec<String>,
+    schema: Box<dyn SchemaLookup>,
+    tables: HashMap<u64, (Vec<u8>, Arc<TablePlan>)>,
+    pub file: String,
+    /// End of the last event read (position of the next one).
+    pub pos: u64,
+    /// End position of an event that carried log_pos 0 (inside a compressed payload).
+    outer_pos: u64,
+    in_txn: bool,
+    txn: TxnKeys,
+    annot: TxnKeys,
+    annot_allowed: bool,
+    gtid: Option<String>,
+    pub last_gtid: Option<String>,
+    pub stats: Stats,
+    slots_a: Vec<Option<(usize, usize)>>,
+    slots_b: Vec<Option<(usize, usize)>>,
+    key: Vec<u8>,
+    /// Last problem message, for logging by the caller (rate-limited there).
+    pub problems: Vec<String>,
+    /// Server timestamp of the last event (seconds since the epoch).
+    pub last_ts: u32,
+    current_end: u64,
+}
+
+impl Processor {
+    pub fn new(cfg: &ExtractConfig, schema: Box<dyn SchemaLookup>) -> Result<Processor, String> {
+        let rules = cfg.rules.iter().map(Rule::new).collect::<Result<_, _>>()?;
+        Ok(Processor {
+            rules,
+            outboxes: cfg
+                .outboxes
+                .iter()
+                .map(|o| (o.database.clone(), o.table.clone(), o.column.clone()))
+                .collect(),
+            annotations: cfg.annotations,
+            annotation_dbs: cfg.annotation_databases.clone(),
+            schema,
+            tables: HashMap::new(),
+            file: String::new(),
+            pos: 4,
+            outer_pos: 4,
+            in_txn: false,
+            txn: TxnKeys::new(cfg.max_transaction_bytes),
+            annot: TxnKeys::new(cfg.max_transaction_bytes),
+            annot_allowed: cfg.annotation_databases.is_empty(),
+            gtid: None,
+            last_gtid: None,
+            stats: Stats::default(),
+            slots_a: Vec::new(),
+            slots_b: Vec::new(),
+            key: Vec::new(),
+            problems: Vec::new(),
+            last_ts: 0,
+            current_end: 4,
+        })
+    }
+
+    /// Starts reading at `pos` (after a reconnect): forgets any half-read transaction.
+    pub fn reset_to(&mut self, pos: &Position) {
+        self.file = pos.file.clone();
+        self.pos = pos.pos;
+        self.outer_pos = pos.pos;
+        self.tables.clear();
+        self.abort_txn();
+    }
+
+    /// The position after the last whole transaction: where a reconnect resumes.
+    pub fn position(&self) -> Position {
+        Position {
+            file: self.file.clone(),
+            pos: self.pos,
+        }
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.in_txn
+    }
+
+    fn abort_txn(&mut self) {
+        self.txn.clear();
+        self.annot.clear();
+        self.in_txn = false;
+        self.annot_allowed = self.annotation_dbs.is_empty();
+        self.gtid = None;
+    }
+
+    fn begin(&mut self) {
+        if !self.in_txn {
+            self.in_txn = true;
+        }
+    }
+
+    fn commit(&mut self, out: &mut Vec<Committed>) -> Result<(), ProcessError> {
+        let mut keys = self.txn.take();
+        let annot = self.annot.take();
+        if self.annot_allowed && !annot.is_empty() {
+            let mut err = None;
+            annot
+                .for_each(|k| {
+                    if let Err(e) = keys.insert(k) {
+                        err = Some(e);
+                    }
+                })
+                .map_err(ProcessError::Spill)?;
+            if let Some(e) = err {
+                return Err(ProcessError::Spill(e));
+            }
+        }
+        self.stats.txns += 1;
+        self.stats.keys += keys.len();
+        if self.gtid.is_some() {
+            self.last_gtid = self.gtid.take();
+        }
+        out.push(Committed {
+            keys,
+            pos: self.position(),
+            gtid: self.last_gtid.clone(),
+            commit_ts: self.last_ts,
+        });
+        self.in_txn = false;
+        self.annot_allowed = self.annotation_dbs.is_empty();
+        Ok(())
+    }
+
+    fn annotate(&mut self, text: &[u8]) -> Result<(), ProcessError> {
+        if !self.annotations {
+            return Ok(());
+        }
+        for r in marker::annotation::parse(text) {
+            match r {
+                Ok(k) => self.annot.insert(&k).map_err(ProcessError::Spill)?,
+                Err(e) => {
+                    self.stats.bad_annotations += 1;
+                    self.problems.push(format!("malformed annotation: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one event; committed transactions are appended to `out`.
+    pub fn handle(&mut self, ev: &Event, out: &mut Vec<Committed>) -> Result<(), ProcessError> {
+        let h = ev.header();
+        let t = h.event_type_raw();
+        self.stats.events += 1;
+        if h.timestamp() != 0 {
+            self.last_ts = h.timestamp();
+        }
+        let log_pos = h.log_pos() as u64;
+        // Inner events of a compressed payload have log_pos 0: they end where it ends.
+        let end = if log_pos != 0 {
+            log_pos
+        } else {
+            self.outer_pos
+        };
+        self.current_end = end;
+        let err =
+            |e: std::io::Error, file: &str| ProcessError::Event(t, format!("{file}:{end}"), e);
+        match t {
+            x if x == EventType::ROTATE_EVENT as u8 => {
+                let r: RotateEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
+                self.file = r.name().into_owned();
+                self.pos = r.position();
+                self.outer_pos = self.pos;
+                if !r.is_fake() {
+                    self.tables.clear();
+                }
+                return Ok(());
+            }
+            x if x == EventType::FORMAT_DESCRIPTION_EVENT as u8
+                || x == EventType::PREVIOUS_GTIDS_EVENT as u8
+                || x == EventType::STOP_EVENT as u8
+                || x == EventType::INCIDENT_EVENT as u8
+                || x == EventType::IGNORABLE_EVENT as u8
+                || x == EventType::INTVAR_EVENT as u8
+                || x == EventType::RAND_EVENT as u8
+                || x == EventType::USER_VAR_EVENT as u8 => {}
+            x if x == EventType::HEARTBEAT_EVENT as u8 => {
+                // Carries the server's position; not a stream position to resume from.
+                return Ok(());
+            }
+            x if x == EventType::TRANSACTION_PAYLOAD_EVENT as u8 => {
+                self.outer_pos = end;
+                // The decompressed events follow (the reader unpacks them); the payload
+                // itself ends at `end`, which its inner XID makes the commit position.
+                return Ok(());
+            }
+            x if x == EventType::GTID_EVENT as u8
+                || x == EventType::ANONYMOUS_GTID_EVENT as u8
+                || x == EventType::GTID_TAGGED_LOG_EVENT as u8 =>
+            {
+                self.begin();
+                if let Ok(g) = ev.read_event::<MyGtidEvent>() {
+                    if x != EventType::ANONYMOUS_GTID_EVENT as u8 {
+                        self.gtid = Some(format!("{}:{}", uuid(&g.sid()), g.gno()));
+                    }
+                }
+            }
+            x if x == EventType::QUERY_EVENT as u8 => {
+                let q: QueryEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
+                self.query(q.query_raw(), out)?;
+            }
+            x if x == EventType::ROWS_QUERY_EVENT as u8 => {
+                let q: RowsQueryEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
+                self.annotate(q.query_raw())?;
+            }
+            x if x == EventType::XID_EVENT as u8 => {
+                self.pos = end;
+                self.commit(out)?;
+                return Ok(());
+            }
+            x if x == EventType::XA_PREPARE_LOG_EVENT as u8 => {
+                // The transaction's changes are final once prepared; release its keys now
+                // (at least once: an XA ROLLBACK afterwards only costs extra deletes).
+                self.pos = end;
+                self.commit(out)?;
+                return Ok(());
+            }
+            x if x == EventType::TABLE_MAP_EVENT as u8 => self.table_map(ev, end)?,
+            23 | 24 | 25 | 30 | 31 | 32 | 39 => self.rows(ev, t)?,
+            mariadb::ANNOTATE_ROWS => {
+                let text = mariadb::annotate_rows_text(ev.data()).to_vec();
+                self.annotate(&text)?;
+            }
+            mariadb::GTID => match mariadb::GtidEvent::parse(ev.data(), h.server_id()) {
+                Ok(g) => {
+                    self.gtid = Some(g.gtid.to_string());
+                    if !g.standalone() {
+                        self.begin();
+                    }
+                }
+                Err(e) => {
+                    self.stats.decode_errors += 1;
+                    self.problems.push(e.to_string());
+                    self.begin();
+                }
+            },
+            mariadb::GTID_LIST => match mariadb::parse_gtid_list(ev.data()) {
+                Ok(list) if !list.is_empty() => {
+                    self.last_gtid = Some(mariadb::format_gtid_list(&list));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.stats.decode_errors += 1;
+                    self.problems.push(e.to_string());
+                }
+            },
+            mariadb::BINLOG_CHECKPOINT => {
+                if let Err(e) = mariadb::parse_binlog_checkpoint(ev.data()) {
+                    self.stats.decode_errors += 1;
+                    self.problems.push(e.to_string());
+                }
+            }
+            mariadb::START_ENCRYPTION => {
+                return Err(ProcessError::Unsupported(t, "encrypted binlogs"));
+            }
+            mariadb::COMPRESSED_FIRST..=mariadb::COMPRESSED_LAST => {
+                return Err(ProcessError::Unsupported(
+                    t,
+                    "MariaDB binlog compression (log_bin_compress=OFF is required)",
+                ));
+            }
+            _ => {}
+        }
+        if !self.in_txn {
+            self.pos = end;
+        }
+        Ok(())
+    }
+
+    fn query(&mut self, sql: &[u8], out: &mut Vec<Committed>) -> Result<(), ProcessError> {
+        let trimmed = strip_leading_comments(sql);
+        let word = first_word(trimmed);
+        match word.as_slice() {
+            b"BEGIN" => {
+                self.begin();
+                return Ok(());
+            }
+            b"COMMIT" => {
+                self.pos = self.pending_end();
+                return self.commit(out);
+            }
+            b"ROLLBACK" => {
+                let rest = first_word(&trimmed[8.min(trimmed.len())..]);
+                if rest.as_slice() != b"TO" {
+                    self.stats.rolled_back += 1;
+                    self.pos = self.pending_end();
+                    self.abort_txn();
+                }
+                return Ok(());
+            }
+            b"SAVEPOINT" | b"XA" => return Ok(()),
+            _ => {}
+        }
+        self.annotate(sql)?;
+        if matches!(
+            word.as_slice(),
+            b"ALTER" | b"CREATE" | b"DROP" | b"RENAME" | b"TRUNCATE"
+        ) {
+            self.stats.ddl += 1;
+            self.schema.invalidate();
+            self.tables.clear();
+        }
+        if !self.in_txn {
+            // A standalone statement (DDL) commits itself.
+            self.annot_allowed = true;
+            self.pos = self.pending_end();
+            self.commit(out)?;
+        }
+        Ok(())
+    }
+
+    /// End of the event being handled (set by `handle` through `outer_pos`/log_pos).
+    fn pending_end(&self) -> u64 {
+        self.current_end
+    }
+
+    fn table_map(&mut self, ev: &Event, _end: u64) -> Result<(), ProcessError> {
+        let data = ev.data();
+        // Table id: first 6 bytes of the post-header.
+        if data.len() < 6 {
+            return Err(ProcessError::Event(
+                19,
+                self.file.clone(),
+                std::io::Error::other("short TABLE_MAP"),
+            ));
+        }
+        let id = le48(data);
+        if let Some((raw, _)) = self.tables.get(&id) {
+            if raw.as_slice() == data {
+                return Ok(());
+            }
+        }
+        let tme: TableMapEvent = ev
+            .read_event()
+            .map_err(|e| ProcessError::Event(19, self.file.clone(), e))?;
+        let p = plan(&tme, &self.rules, &self.outboxes, self.schema.as_mut());
+        if let Some(problem) = &p.problem {
+            self.stats.schema_problems += 1;
+            self.problems.push(problem.clone());
+        }
+        self.tables.insert(id, (data.to_vec(), Arc::new(p)));
+        Ok(())
+    }
+
+    fn rows(&mut self, ev: &Event, t: u8) -> Result<(), ProcessError> {
+        self.begin();
+        let data = ev.data();
+        let et = EventType::try_from(t).map_err(|_| ProcessError::Unsupported(t, "rows"))?;
+        let post = ev.fde().get_event_type_header_length(et) as usize;
+        let bad = |what: &str| {
+            ProcessError::Event(t, String::new(), std::io::Error::other(what.to_string()))
+        };
+        if data.len() < post || post < 8 {
+            return Err(bad("short rows event header"));
+        }
+        let id = if post == 6 {
+            u32::from_le_bytes(data[..4].try_into().expect("4")) as u64
+        } else {
+            le48(data)
+        };
+        let mut p = post;
+        if post == 10 {
+            // v2: extra data length counts its own two bytes.
+            let extra = u16::from_le_bytes([data[8], data[9]]) as usize;
+            p = post + extra.saturating_sub(2);
+        }
+        let (ncols, n) = lenenc(data, p).map_err(|e| bad(&e.to_string()))?;
+        p += n;
+        let ncols = ncols as usize;
+        let bm = ncols.div_ceil(8);
+        let is_update = matches!(t, 24 | 31 | 39);
+        let is_delete = matches!(t, 25 | 32);
+        let nbm = if is_update { 2 } else { 1 };
+        if data.len() < p + bm * nbm {
+            return Err(bad("short rows event bitmaps"));
+        }
+        let bm1 = &data[p..p + bm];
+        let bm2 = if is_update {
+            &data[p + bm..p + 2 * bm]
+        } else {
+            bm1
+        };
+        p += bm * nbm;
+        let Some((_, plan)) = self.tables.get(&id) else {
+            self.stats.decode_errors += 1;
+            self.problems
+                .push(format!("rows event for unknown table id {id}; skipped"));
+            return Ok(());
+        };
+        let plan = plan.clone();
+        if plan.cols.len() != ncols {
+            self.stats.decode_errors += 1;
+            self.problems.push(format!(
+                "{}.{}: rows event has {ncols} columns, table map {}",
+                plan.db,
+                plan.table,
+                plan.cols.len()
+            ));
+            return Ok(());
+        }
+        if !plan.annotation_match(&self.annotation_dbs) {
+            // Rows of other databases do not allow annotations.
+        } else {
+            self.annot_allowed = true;
+        }
+        let rows_data = &data[..data.len()];
+        let partial = if t == 39 { Some(plan.json_cols) } else { None };
+        while p < rows_data.len() {
+            let mut sa = std::mem::take(&mut self.slots_a);
+            let mut sb = std::mem::take(&mut self.slots_b);
+            let r = (|| -> Result<(), super::decode::DecodeError> {
+                read_image(rows_data, &mut p, &plan.cols, bm1, None, &mut sa)?;
+                if is_update {
+                    read_image(rows_data, &mut p, &plan.cols, bm2, partial, &mut sb)?;
+                }
+                Ok(())
+            })();
+            if let Err(e) = r {
+                self.slots_a = sa;
+                self.slots_b = sb;
+                self.stats.decode_errors += 1;
+                self.problems
+                    .push(format!("{}.{}: {e}", plan.db, plan.table));
+                return Ok(());
+            }
+            self.stats.rows += 1;
+            if plan.wants_rows() {
+                let _ = is_delete;
+                self.row_keys(&plan, rows_data, &sa)?;
+                if is_update {
+                    self.row_keys(&plan, rows_data, &sb)?;
+                }
+            }
+            self.slots_a = sa;
+            self.slots_b = sb;
+        }
+        Ok(())
+    }
+
+    fn row_keys(
+        &mut self,
+        plan: &TablePlan,
+        data: &[u8],
+        slots: &[Option<(usize, usize)>],
+    ) -> Result<(), ProcessError> {
+        for tpl in &plan.templates {
+            self.key.clear();
+            let mut ok = true;
+            for part in tpl {
+                match part {
+                    BoundPart::Lit(l) => self.key.extend_from_slice(l),
+                    BoundPart::Col(c) => match slots[*c] {
+                        Some((s, e)) => {
+                            if !format_value(&plan.cols[*c], &data[s..e], &mut self.key) {
+                                ok = false;
+                                break;
+                            }
+                        }
+                        None => {
+                            ok = false;
+                            break;
+                        }
+                    },
+                }
+            }
+            if ok {
+                self.push_key(plan)?;
+            }
+        }
+        if let Some(c) = plan.outbox {
+            if let Some((s, e)) = slots[c] {
+                self.key.clear();
+                let col: &ColSpec = &plan.cols[c];
+                if format_value(col, &data[s..e], &mut self.key) {
+                    self.push_key(plan)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn push_key(&mut self, plan: &TablePlan) -> Result<(), ProcessError> {
+        match marker::key::validate(&self.key) {
+            Ok(()) => self.txn.insert(&self.key).map_err(ProcessError::Spill),
+            Err(e) => {
+                self.stats.bad_keys += 1;
+                self.problems.push(format!(
+                    "{}.{}: key {:?} is not a legal memcache key: {e}",
+                    plan.db,
+                    plan.table,
+                    String::from_utf8_lossy(&self.key)
+                ));
+                Ok(())
+            }
+        }
+    }
+}
+
+impl TablePlan {
+    fn annotation_match(&self, dbs: &[String]) -> bool {
+        dbs.is_empty() || dbs.iter().any(|d| *d == self.db)
+    }
+}
+
+fn le48(d: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b[..6].copy_from_slice(&d[..6]);
+    u64::from_le_bytes(b)
+}
+
+fn uuid(sid: &[u8; 16]) -> String {
+    let h: String = sid.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn strip_leading_comments(mut s: &[u8]) -> &[u8] {
+    loop {
+        while let Some((&c, rest)) = s.split_first() {
+            if c.is_ascii_whitespace() {
+                s = rest;
+            } else {
+                break;
+            }
+        }
+        if s.starts_with(b"/*") && !s.starts_with(b"/*!") && !s.starts_with(b"/*M!") {
+            match s.windows(2).position(|w| w == b"*/") {
+                Some(i) if i >= 2 => s = &s[i + 2..],
+                _ => return s,
+            }
+        } else if s.starts_with(b"#") || s.starts_with(b"-- ") {
+            match s.iter().position(|&c| c == b'\n') {
+                Some(i) => s = &s[i + 1..],
+                None => return &[],
+            }
+        } else {
+            return s;
+        }
+    }
+}
+
+fn first_word(s: &[u8]) -> Vec<u8> {
+    let s = strip_leading_comments(s);
+    s.iter()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .take(16)
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words() {
+        assert_eq!(first_word(b"  /* x */ begin"), b"BEGIN");
+        assert_eq!(first_word(b"# c\nALTER TABLE"), b"ALTER");
+        assert_eq!(first_word(b"ROLLBACK TO SAVEPOINT a"), b"ROLLBACK");
+        assert_eq!(first_word(b""), b"");
+        assert_eq!(first_word(b"/* unterminated"), b"");
+    }
+}

@@ -1,0 +1,175 @@
+//! The `squeal` sidecar as a child process: a config in its own temp dir, readiness through
+//! its Prometheus port (`squeal_up 1` once its binlog stream is open), and its metrics.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::process::{free_port, loopback, server_dir, Server};
+
+/// A running squeal.
+pub struct Squeal {
+    pub server: Server,
+    pub config: PathBuf,
+    pub metrics_port: u16,
+}
+
+impl Squeal {
+    /// Starts squeal with `config` (TOML without a `[metrics]` section: the harness adds one
+    /// with a free port) and waits until its binlog stream is open.
+    pub fn start(config: &str) -> Result<Squeal> {
+        let dir = server_dir("squeal")?;
+        Squeal::start_in(dir, config)
+    }
+
+    /// Like [`Squeal::start`], reusing a directory (its checkpoint survives a restart).
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Result<Squeal> {
+        let metrics_port = free_port();
+        let text = format!("{config}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
+        let path = dir.path().join("squeal.toml");
+        std::fs::write(&path, text)?;
+        let mut cmd = Command::new(crate::project::bin("squeal"));
+        cmd.arg("--config").arg(&path);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("SQUEAL_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let server = Server::spawn(
+            "squeal",
+            dir,
+            cmd,
+            loopback(metrics_port),
+            Duration::from_secs(20),
+        )?;
+        let mut s = Squeal {
+            server,
+            config: path,
+            metrics_port,
+        };
+        s.wait_up(Duration::from_secs(20))?;
+        Ok(s)
+    }
+
+    /// Restarts a killed squeal with the same config (and checkpoint).
+    pub fn restart(&mut self) -> Result<()> {
+        let mut cmd = Command::new(crate::project::bin("squeal"));
+        cmd.arg("--config").arg(&self.config);
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("SQUEAL_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        self.server.restart(cmd, Duration::from_secs(20))?;
+        self.wait_up(Duration::from_secs(20))
+    }
+
+    fn wait_up(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.server.check_alive()?;
+            if self.metric("squeal_up").unwrap_or(0.0) >= 1.0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "squeal not up within {timeout:?}; log:\n{}",
+                    self.server.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics_text(&self) -> Result<String> {
+        let mut s = TcpStream::connect(loopback(self.metrics_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        Ok(body)
+    }
+
+    /// The value of an unlabelled metric (sum over its label sets), `None` if absent.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = self.metrics_text().ok()?;
+        let mut found = None;
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let base = key.split('{').next().unwrap_or(key);
+            if base == name {
+                let v: f64 = value.parse().ok()?;
+                found = Some(found.unwrap_or(0.0) + v);
+            }
+        }
+        found
+    }
+
+    /// Waits until `name` reaches `at_least`.
+    pub fn wait_metric(&self, name: &str, at_least: f64, timeout: Duration) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.metric(name).unwrap_or(0.0);
+            if v >= at_least {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} = {v}, wanted >= {at_least} within {timeout:?}; log:\n{}",
+                    self.server.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Path of the checkpoint file squeal writes (`checkpoint.toml` in its directory).
+    pub fn dir(&self) -> PathBuf {
+        self.server.dir().to_path_buf()
+    }
+}
+
+/// A squeal config for `db` with `extra` TOML (rules, outboxes...) and memcache endpoints.
+pub fn config(
+    db_url: &str,
+    endpoints: &[String],
+    checkpoint: &std::path::Path,
+    extra: &str,
+) -> String {
+    let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+    format!(
+        "[source]\nurl = \"{db_url}\"\nserver_id = 777\nheartbeat_ms = 500\nreconnect_min_ms = 50\n\
+         reconnect_max_ms = 500\n\n[batch]\nlinger_us = 500\n\n[[sink]]\ntype = \"memcache\"\n\
+         endpoints = [{}]\ntimeout_ms = 1000\n\n[checkpoint]\npath = \"{}\"\ninterval_ms = 50\n\n{extra}\n",
+        eps.join(", "),
+        checkpoint.display()
+    )
+}
+
+/// Reads `checkpoint.toml`-style files: (file, pos).
+pub fn read_checkpoint(path: &std::path::Path) -> Result<Option<(String, u64)>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).context("reading checkpoint"),
+    };
+    let mut file = None;
+    let mut pos = None;
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("file = ") {
+            file = Some(v.trim_matches('"').to_string());
+        }
+        if let Some(v) = line.strip_prefix("pos = ") {
+            pos = v.trim().parse().ok();
+        }
+    }
+    Ok(file.zip(pos))
+}
