@@ -1,0 +1,70 @@
+//! squeal-router instances for tests: writes a config with run-time ports, starts the
+//! built binary, waits until it listens.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::process::{free_port, loopback, server_dir, Server};
+
+/// A running `squeal-router`, killed on drop.
+pub struct Router {
+    pub server: Server,
+    pub admin_port: u16,
+    pub config: PathBuf,
+}
+
+impl Router {
+    /// One pool named `main` over `servers` (`host:port[:weight]`), serving client traffic;
+    /// `extra` is appended (e.g. `[limits]` or more pool keys under `[pools.main]`).
+    pub fn start(servers: &[String], pool_keys: &str, extra: &str) -> Result<Router> {
+        let list: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
+        let body = format!(
+            "workers = 2\nroute = \"main\"\n\n[pools.main]\nservers = [{}]\n{pool_keys}\n{extra}\n",
+            list.join(", ")
+        );
+        Router::start_config(&body)
+    }
+
+    /// Starts with `body` as config, after `listen` and `admin` lines the harness adds.
+    pub fn start_config(body: &str) -> Result<Router> {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir = server_dir("router")?;
+        let config = dir.path().join("router.toml");
+        std::fs::write(
+            &config,
+            format!("listen = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin_port}\"\n{body}"),
+        )?;
+        let mut cmd = Command::new(crate::project::bin("squeal-router"));
+        cmd.arg("--config").arg(&config);
+        let server = Server::spawn("router", dir, cmd, loopback(port), Duration::from_secs(10))?;
+        Ok(Router {
+            server,
+            admin_port,
+            config,
+        })
+    }
+
+    pub fn addr(&self) -> String {
+        self.server.addr.to_string()
+    }
+
+    /// Runs `squeal-router --check` on a config text: (exit success, stderr).
+    pub fn check(config_text: &str) -> Result<(bool, String)> {
+        let dir = server_dir("router-check")?;
+        let path = dir.path().join("router.toml");
+        std::fs::write(&path, config_text)?;
+        let out = Command::new(crate::project::bin("squeal-router"))
+            .arg("--check")
+            .arg("--config")
+            .arg(&path)
+            .output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
