@@ -76,6 +76,8 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     pools: BTreeMap<String, Spanned<RawPool>>,
+    /// The receiving end of squeal's invalidations (see `crate::invalidation`).
+    invalidation: Option<Spanned<crate::invalidation::InvalidationConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -117,6 +119,7 @@ pub struct Config {
     pub pools: Vec<Pool>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub invalidation: Option<crate::invalidation::InvalidationConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -313,6 +316,15 @@ impl Config {
                 1 << 24,
             )? as usize,
         };
+        let invalidation = match &raw.invalidation {
+            None => None,
+            Some(inv) => {
+                inv.get_ref()
+                    .validate(|name| pools.iter().any(|p| p.name == name))
+                    .map_err(|e| cx.err(inv.span(), format!("{e:#}")))?;
+                Some(inv.get_ref().clone())
+            }
+        };
         Ok(Config {
             listen,
             admin,
@@ -321,6 +333,7 @@ impl Config {
             pools,
             timeouts,
             limits,
+            invalidation,
         })
     }
 }

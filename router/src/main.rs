@@ -56,6 +56,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         per_worker.push(ls);
     }
+    // The invalidation side binds its port and opens its spool before clients are served.
+    let _invalidation = router::invalidation::spawn(Arc::new(cfg.clone()))?;
     if let Some(admin) = cfg.admin {
         router::metrics::start(admin, plan.shared.clone())?;
     }

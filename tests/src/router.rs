@@ -52,6 +52,15 @@ impl Router {
         self.server.addr.to_string()
     }
 
+    /// SIGKILLs the router and starts it again with the same config and ports: what a
+    /// crash and a supervisor restart look like.
+    pub fn restart(&mut self) -> Result<()> {
+        self.server.kill();
+        let mut cmd = Command::new(crate::project::bin("squeal-router"));
+        cmd.arg("--config").arg(&self.config);
+        self.server.restart(cmd, Duration::from_secs(10))
+    }
+
     /// Runs `squeal-router --check` on a config text: (exit success, stderr).
     pub fn check(config_text: &str) -> Result<(bool, String)> {
         let dir = server_dir("router-check")?;

@@ -34,14 +34,19 @@ pub enum DeleteError {
 pub struct Deleter {
     server: String,
     timeout: Duration,
+    /// Set when the server belongs to a cluster being warmed: a delete then leaves a
+    /// hold-off tombstone for this many seconds (see `marker::holdoff`), so the warm-up
+    /// cannot write back the value it removes.
+    holdoff_secs: Option<u32>,
     conn: Mutex<Option<BufReader<TcpStream>>>,
 }
 
 impl Deleter {
-    pub fn new(server: String, timeout: Duration) -> Deleter {
+    pub fn new(server: String, timeout: Duration, holdoff_secs: Option<u32>) -> Deleter {
         Deleter {
             server,
             timeout,
+            holdoff_secs,
             conn: Mutex::new(None),
         }
     }
@@ -51,7 +56,7 @@ impl Deleter {
     }
 
     /// Deletes every key, pipelined, and returns once each got `DELETED` or `NOT_FOUND`
-    /// (both mean the key is no longer cached). Any other outcome drops the connection and is
+    /// (both mean the key is no longer cached), or `STORED` for a hold-off tombstone. Any other outcome drops the connection and is
     /// an error: the caller cannot know which deletes landed, so it spools them all.
     pub async fn delete_all(&self, keys: &[&[u8]]) -> Result<(), DeleteError> {
         if keys.is_empty() {
@@ -98,9 +103,14 @@ impl Deleter {
         };
         let mut out = Vec::with_capacity(keys.iter().map(|k| k.len() + 9).sum());
         for key in keys {
-            out.extend_from_slice(b"delete ");
-            out.extend_from_slice(key);
-            out.extend_from_slice(b"\r\n");
+            match self.holdoff_secs {
+                Some(secs) => marker::holdoff::tombstone_command(key, secs, &mut out),
+                None => {
+                    out.extend_from_slice(b"delete ");
+                    out.extend_from_slice(key);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
         }
         stream.get_mut().write_all(&out).await.map_err(io)?;
         let mut line = String::new();
@@ -111,7 +121,8 @@ impl Deleter {
                 return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
             }
             match line.trim_end() {
-                "DELETED" | "NOT_FOUND" => {}
+                "DELETED" | "NOT_FOUND" if self.holdoff_secs.is_none() => {}
+                "STORED" if self.holdoff_secs.is_some() => {}
                 other => {
                     return Err(DeleteError::Refused {
                         server: self.server.clone(),

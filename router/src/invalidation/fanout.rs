@@ -15,8 +15,9 @@ use super::spool::{Spool, SpoolError};
 /// Where a key lives in one pool: the same placement the data path uses, so an
 /// invalidation reaches the server that holds the value.
 pub trait Placement: Send + Sync {
-    /// Address (`host:port`) of the server holding `key`.
-    fn server_for(&self, key: &[u8]) -> &str;
+    /// Addresses (`host:port`) of the servers that may hold `key`: one for a hashed pool,
+    /// all of them for a replicated (random) pool.
+    fn servers_for(&self, key: &[u8], out: &mut Vec<String>);
     /// Every server of the pool.
     fn servers(&self) -> Vec<String>;
 }
@@ -25,6 +26,8 @@ pub trait Placement: Send + Sync {
 pub struct Target {
     pub name: String,
     pub placement: Arc<dyn Placement>,
+    /// Set while the pool is a cold cluster being warmed: deletes there leave a hold-off.
+    pub holdoff_secs: Option<u32>,
 }
 
 /// What applying one batch did.
@@ -52,20 +55,24 @@ impl Fanout {
         spool: Arc<Spool>,
         timeout: Duration,
     ) -> Fanout {
-        let mut deleters = HashMap::new();
+        let mut holdoff: HashMap<String, Option<u32>> = HashMap::new();
         for target in clusters.iter().chain(&marker_pools) {
             for server in target.placement.servers() {
-                deleters
-                    .entry(server.clone())
-                    .or_insert_with(|| Arc::new(Deleter::new(server, timeout)));
+                let h = holdoff.entry(server).or_default();
+                // A server in a warming pool and another pool gets the safer treatment.
+                *h = (*h).max(target.holdoff_secs);
             }
         }
+        let mut deleters: HashMap<String, Arc<Deleter>> = holdoff
+            .into_iter()
+            .map(|(server, h)| (server.clone(), Arc::new(Deleter::new(server, timeout, h))))
+            .collect();
         // Servers with spooled deletes from an earlier run that are no longer configured
         // still get their deletes: a value they hold may come back into service.
         for server in spool.servers_pending() {
             deleters
                 .entry(server.clone())
-                .or_insert_with(|| Arc::new(Deleter::new(server, timeout)));
+                .or_insert_with(|| Arc::new(Deleter::new(server, timeout, None)));
         }
         Fanout {
             clusters,
@@ -84,24 +91,28 @@ impl Fanout {
     /// failing) means it must not be: the sender retries.
     pub async fn apply(&self, batch: &Batch) -> Result<Applied, SpoolError> {
         let started = Instant::now();
-        let mut per_server: HashMap<&str, Vec<&[u8]>> = HashMap::new();
+        let mut per_server: HashMap<String, Vec<&[u8]>> = HashMap::new();
+        let mut servers = Vec::new();
         for (kind, key) in &batch.entries {
             let targets = match kind {
                 EntryKind::Key => &self.clusters,
                 EntryKind::Marker => &self.marker_pools,
             };
             for target in targets {
-                let server = target.placement.server_for(key);
-                let keys = per_server.entry(server).or_default();
-                // One server may sit in two targets; one delete is enough.
-                if !keys.contains(&key.as_slice()) {
-                    keys.push(key);
+                servers.clear();
+                target.placement.servers_for(key, &mut servers);
+                for server in servers.drain(..) {
+                    let keys = per_server.entry(server).or_default();
+                    // One server may sit in two targets; one delete is enough.
+                    if !keys.contains(&key.as_slice()) {
+                        keys.push(key);
+                    }
                 }
             }
         }
         let groups = per_server
-            .into_iter()
-            .map(|(server, keys)| self.apply_server(server, keys));
+            .iter()
+            .map(|(server, keys)| self.apply_server(server, keys.clone()));
         let mut applied = Applied::default();
         for result in futures_util::future::join_all(groups).await {
             let one = result?;
@@ -200,7 +211,11 @@ impl Fanout {
     pub async fn replay_server(&self, server: &str) -> anyhow::Result<u64> {
         let deleter = match self.deleters.get(server) {
             Some(d) => d.clone(),
-            None => Arc::new(Deleter::new(server.to_string(), Duration::from_secs(1))),
+            None => Arc::new(Deleter::new(
+                server.to_string(),
+                Duration::from_secs(1),
+                None,
+            )),
         };
         let mut total = 0;
         loop {

@@ -38,6 +38,13 @@ pub struct InvalidationConfig {
     /// Pools that receive marker-key deletes: the regional pool.
     #[serde(default)]
     pub marker_pools: Vec<String>,
+    /// Clusters (among `clusters`) being warmed: a delete there leaves a hold-off
+    /// tombstone, so a warm-up cannot write the deleted value back.
+    #[serde(default)]
+    pub warming: Vec<String>,
+    /// How long the hold-off lasts.
+    #[serde(default = "default_holdoff_secs")]
+    pub holdoff_secs: u32,
     /// Where undeliverable deletes are kept until their server is back.
     pub spool_dir: PathBuf,
     /// Bound on the spool; when reached, batches are rejected (and retried by squeal).
@@ -54,6 +61,9 @@ pub struct InvalidationConfig {
 
 fn default_spool_max_bytes() -> u64 {
     1 << 30
+}
+fn default_holdoff_secs() -> u32 {
+    marker::holdoff::DEFAULT_HOLDOFF_SECS
 }
 fn default_timeout_ms() -> u64 {
     1000
@@ -79,6 +89,14 @@ impl InvalidationConfig {
                 bail!("[invalidation] names pool {pool:?}, which is not defined");
             }
         }
+        for pool in &self.warming {
+            if !self.clusters.contains(pool) {
+                bail!("[invalidation] `warming` names {pool:?}, which is not in `clusters`");
+            }
+        }
+        if self.holdoff_secs == 0 {
+            bail!("[invalidation] `holdoff_secs` must be at least 1");
+        }
         Ok(())
     }
 
@@ -99,6 +117,90 @@ impl InvalidationConfig {
     }
 }
 
+/// A data-path pool as the fan-out sees it: the same placement, so a delete reaches the
+/// server the data path put the value on.
+struct PoolPlacement {
+    placement: crate::route::pool::Placement,
+    servers: Vec<String>,
+    /// A `random` pool keeps a copy of every item on every server: delete everywhere.
+    replicated: bool,
+}
+
+impl Placement for PoolPlacement {
+    fn servers_for(&self, key: &[u8], out: &mut Vec<String>) {
+        if self.replicated {
+            out.extend(self.servers.iter().cloned());
+        } else {
+            out.push(self.servers[self.placement.server_for(key)].clone());
+        }
+    }
+
+    fn servers(&self) -> Vec<String> {
+        self.servers.clone()
+    }
+}
+
+/// Looks up the configured pools by name, for [`start`].
+pub fn pool_placements(
+    config: &crate::config::Config,
+) -> impl Fn(&str) -> Option<Arc<dyn Placement>> + '_ {
+    move |name| {
+        let pool = config.pools.iter().find(|p| p.name == name)?;
+        let names: Vec<(String, u32)> = pool
+            .servers
+            .iter()
+            .map(|s| (s.ketama_name.clone(), s.weight))
+            .collect();
+        Some(Arc::new(PoolPlacement {
+            placement: crate::route::pool::Placement::new(pool.hash, &pool.distribution, &names),
+            servers: pool.servers.iter().map(|s| s.addr.to_string()).collect(),
+            replicated: pool.distribution == "random",
+        }) as Arc<dyn Placement>)
+    }
+}
+
+/// Runs the invalidation side on its own small runtime thread, apart from the data-path
+/// workers: its fsyncs and Kafka client must never stall a client's request. Returns once
+/// the side is started (ports bound, spool opened), or with the reason it could not start.
+pub fn spawn(
+    config: Arc<crate::config::Config>,
+) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
+    let Some(inv) = config.invalidation.clone() else {
+        return Ok(None);
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::Builder::new()
+        .name("invalidation".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            rt.block_on(async move {
+                match start(&inv, pool_placements(&config)).await {
+                    Ok(_fanout) => {
+                        let _ = ready_tx.send(Ok(()));
+                        std::future::pending::<()>().await
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
+        })?;
+    ready_rx
+        .recv()
+        .context("the invalidation thread ended before starting")??;
+    Ok(Some(handle))
+}
+
 /// Starts the invalidation side: opens the spool, builds the fan-out over the named pools,
 /// binds the native port and starts the Kafka consumer as configured, and the replayer.
 /// `placement` turns a pool name into its key placement.
@@ -114,6 +216,7 @@ pub async fn start(
                 Ok(Target {
                     name: name.clone(),
                     placement: placement(name).with_context(|| format!("no pool {name:?}"))?,
+                    holdoff_secs: config.warming.contains(name).then_some(config.holdoff_secs),
                 })
             })
             .collect()

@@ -39,6 +39,9 @@ impl Outcome {
     }
 }
 
+/// An item as read from the warm side: value, remaining TTL in seconds (-1: none), flags.
+pub type Item = (Vec<u8>, i64, u32);
+
 /// A blocking, pipelining memcache connection.
 pub struct Conn {
     addr: String,
@@ -68,7 +71,7 @@ impl Conn {
 
     /// Pipelined meta gets: for each key, `(value, remaining ttl (-1: none), flags)` or
     /// `None` on a miss.
-    pub fn meta_get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<(Vec<u8>, i64, u32)>>> {
+    pub fn meta_get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Item>>> {
         let mut out = Vec::new();
         for key in keys {
             out.extend_from_slice(b"mg ");
@@ -112,7 +115,9 @@ impl Conn {
         for (key, value, flags, ttl) in items {
             out.extend_from_slice(b"add ");
             out.extend_from_slice(key);
-            out.extend_from_slice(format!(" {flags} {} {}\r\n", ttl.max(&0), value.len()).as_bytes());
+            out.extend_from_slice(
+                format!(" {flags} {} {}\r\n", ttl.max(&0), value.len()).as_bytes(),
+            );
             out.extend_from_slice(value);
             out.extend_from_slice(b"\r\n");
         }
@@ -142,7 +147,9 @@ pub fn chunk(warm: &mut Conn, cold: &mut Conn, keys: &[Vec<u8>]) -> Result<Outco
     for (key, item) in text_keys.iter().zip(&items) {
         match item {
             // `t0` would mean "expires now": treat like gone.
-            Some((value, ttl, flags)) if *ttl != 0 && !holdoff::is_tombstone(*flags, value.len()) => {
+            Some((value, ttl, flags))
+                if *ttl != 0 && !holdoff::is_tombstone(*flags, value.len()) =>
+            {
                 to_add.push((*key, value.as_slice(), *flags, *ttl))
             }
             _ => outcome.gone += 1,

@@ -13,8 +13,8 @@ use anyhow::{bail, Context, Result};
 /// Every key the server holds now (a snapshot: items set later are not listed, which is
 /// fine: they were written by the application and reach the cold cluster on their own).
 pub fn keys(server: &str, timeout: Duration) -> Result<Vec<Vec<u8>>> {
-    let mut stream =
-        TcpStream::connect(server).with_context(|| format!("connecting to warm server {server}"))?;
+    let mut stream = TcpStream::connect(server)
+        .with_context(|| format!("connecting to warm server {server}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream.write_all(b"lru_crawler metadump all\r\n")?;
     let mut reader = BufReader::new(stream);
@@ -30,7 +30,10 @@ pub fn keys(server: &str, timeout: Duration) -> Result<Vec<Vec<u8>>> {
         if text == b"END" {
             return Ok(keys);
         }
-        if text.starts_with(b"BUSY") || text.starts_with(b"ERROR") || text.starts_with(b"CLIENT_ERROR") {
+        if text.starts_with(b"BUSY")
+            || text.starts_with(b"ERROR")
+            || text.starts_with(b"CLIENT_ERROR")
+        {
             bail!(
                 "{server} refused metadump: {} (is the LRU crawler enabled? memcached -o lru_crawler)",
                 String::from_utf8_lossy(text)
@@ -44,7 +47,9 @@ pub fn keys(server: &str, timeout: Duration) -> Result<Vec<Vec<u8>>> {
 
 /// The decoded key of one metadump line, or `None` for a line without a usable key.
 pub fn parse_line(line: &[u8]) -> Option<Vec<u8>> {
-    let field = line.split(|&b| b == b' ').find_map(|f| f.strip_prefix(b"key="))?;
+    let field = line
+        .split(|&b| b == b' ')
+        .find_map(|f| f.strip_prefix(b"key="))?;
     percent_decode(field)
 }
 

@@ -56,9 +56,18 @@ fn main() -> Result<()> {
     // Key lists first, so the progress bar knows the total.
     let mut plans = Vec::new();
     for server in &cli.warm {
-        let (keys, done) = match state.as_ref().map(|s| s.load(server)).transpose()?.flatten() {
+        let (keys, done) = match state
+            .as_ref()
+            .map(|s| s.load(server))
+            .transpose()?
+            .flatten()
+        {
             Some(saved) => {
-                eprintln!("{server}: resuming at {} of {} keys", saved.1, saved.0.len());
+                eprintln!(
+                    "{server}: resuming at {} of {} keys",
+                    saved.1,
+                    saved.0.len()
+                );
                 saved
             }
             None => {
@@ -72,16 +81,21 @@ fn main() -> Result<()> {
         };
         plans.push((server.clone(), keys, done));
     }
-    let total: usize = plans.iter().map(|(_, k, d)| k.len().saturating_sub(*d)).sum();
+    let total: usize = plans
+        .iter()
+        .map(|(_, k, d)| k.len().saturating_sub(*d))
+        .sum();
     let bar = if cli.quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(total as u64)
     };
     bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} keys {per_sec} {msg}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:40}] {pos}/{len} keys {per_sec} {msg}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
     );
 
     let started = Instant::now();
@@ -99,7 +113,10 @@ fn main() -> Result<()> {
                 s.save_done(&server, done)?;
             }
             bar.inc(outcome.total());
-            bar.set_message(format!("copied {} held-off {}", summary.copied, summary.held_off));
+            bar.set_message(format!(
+                "copied {} held-off {}",
+                summary.copied, summary.held_off
+            ));
             // Rate limit: never ahead of `rate` keys per second since the start.
             if cli.rate > 0 {
                 let due = Duration::from_secs_f64(summary.total() as f64 / cli.rate as f64);

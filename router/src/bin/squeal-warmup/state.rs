@@ -24,7 +24,13 @@ impl State {
     fn path(&self, server: &str, ext: &str) -> PathBuf {
         let name: String = server
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         self.dir.join(format!("{name}.{ext}"))
     }
@@ -72,7 +78,7 @@ fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
