@@ -58,6 +58,23 @@ impl Batch {
         self.data.len() + KEY_OVERHEAD * self.ends.len()
     }
 
+    /// A batch with this one's identity (sequence, position, commit time) and no keys: a
+    /// sink that splits a batch (Kafka, by partition) fills one per part.
+    pub fn empty_like(&self) -> Batch {
+        Batch {
+            data: Vec::new(),
+            ends: Vec::new(),
+            gtid: self.gtid.clone(),
+            pos: self.pos.clone(),
+            ..*self
+        }
+    }
+
+    pub fn push_key(&mut self, key: &[u8]) {
+        self.data.extend_from_slice(key);
+        self.ends.push(self.data.len() as u32);
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         let mut start = 0usize;
         self.ends.iter().map(move |&e| {

@@ -190,6 +190,82 @@ pub enum SinkConfig {
         #[serde(default)]
         quiet: bool,
     },
+    /// The native protocol to `squeal-router` instances: authenticated batches, acked once
+    /// every delete was applied or durably spooled by the router.
+    Router {
+        /// Router invalidation ports (`host:port`); batches spread over the healthy ones.
+        endpoints: Vec<String>,
+        #[serde(flatten)]
+        auth: AuthConfig,
+        /// How long a router may take to ack before the batch is retried on another.
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        /// Batches in flight per router connection.
+        #[serde(default = "default_window")]
+        window: usize,
+    },
+    /// Kafka (idempotent producer, acks=all), consumed by routers in consumer groups.
+    Kafka {
+        /// librdkafka `bootstrap.servers`.
+        brokers: String,
+        topic: String,
+        #[serde(flatten)]
+        auth: AuthConfig,
+        #[serde(default = "default_timeout_ms")]
+        timeout_ms: u64,
+        /// Passed through to librdkafka (security.protocol, sasl.*, ...).
+        #[serde(default)]
+        librdkafka: std::collections::BTreeMap<String, String>,
+    },
+}
+
+/// What the router needs to trust a batch and tell apart its sources.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthConfig {
+    /// Shared secret for the batch MAC (the router's `[invalidation] secret`).
+    pub secret: Option<String>,
+    /// File holding the secret (preferred in production).
+    pub secret_file: Option<std::path::PathBuf>,
+    /// This squeal's name in batches (sequence numbers are per source). Default: `squeal`.
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// Keys starting with this prefix are remote markers, deleted in the regional pool only
+    /// (see `marker::remote`). Empty: no markers.
+    #[serde(default = "default_marker_prefix")]
+    pub marker_prefix: String,
+}
+
+impl AuthConfig {
+    pub fn secret(&self) -> anyhow::Result<marker::batch::Secret> {
+        let bytes = match (&self.secret, &self.secret_file) {
+            (Some(s), None) => s.as_bytes().to_vec(),
+            (None, Some(path)) => std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("reading secret_file {}: {e}", path.display()))?
+                .trim_ascii_end()
+                .to_vec(),
+            _ => anyhow::bail!(
+                "a router or kafka sink needs exactly one of `secret` or `secret_file`"
+            ),
+        };
+        anyhow::ensure!(!bytes.is_empty(), "the sink secret is empty");
+        Ok(marker::batch::Secret::new(&bytes))
+    }
+
+    pub fn markers(&self) -> crate::sink::router::MarkerPrefix {
+        crate::sink::router::MarkerPrefix(
+            (!self.marker_prefix.is_empty()).then(|| self.marker_prefix.clone()),
+        )
+    }
+}
+
+fn default_window() -> usize {
+    8
+}
+fn default_source() -> String {
+    "squeal".into()
+}
+fn default_marker_prefix() -> String {
+    marker::remote::DEFAULT_PREFIX.into()
 }
 
 fn default_timeout_ms() -> u64 {

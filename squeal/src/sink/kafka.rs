@@ -59,7 +59,9 @@ impl KafkaSink {
             .find(|t| t.name() == topic)
             .map(|t| t.partitions().len() as u32)
             .filter(|&n| n > 0)
-            .ok_or_else(|| anyhow::anyhow!("Kafka topic {topic:?} does not exist or has no partitions"))?;
+            .ok_or_else(|| {
+                anyhow::anyhow!("Kafka topic {topic:?} does not exist or has no partitions")
+            })?;
         Ok(KafkaSink {
             producer,
             topic,
@@ -126,7 +128,8 @@ impl Sink for KafkaSink {
     fn flush_all(&self) -> SinkFuture {
         Box::pin(async {
             Err(SinkError(
-                "the Kafka sink cannot flush pools: flush them through the router's data port".into(),
+                "the Kafka sink cannot flush pools: flush them through the router's data port"
+                    .into(),
             ))
         })
     }

@@ -10,7 +10,9 @@
 //! resolves on the peer's ack for that sequence number.
 
 pub mod debug;
+pub mod kafka;
 pub mod memcache;
+pub mod router;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -59,6 +61,37 @@ pub fn build(configs: &[SinkConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
                     *connections,
                 )),
                 SinkConfig::Debug { quiet } => Arc::new(debug::DebugSink::new(*quiet)),
+                SinkConfig::Router {
+                    endpoints,
+                    auth,
+                    timeout_ms,
+                    window,
+                } => {
+                    anyhow::ensure!(!endpoints.is_empty(), "a router sink needs endpoints");
+                    Arc::new(router::RouterSink::new(
+                        endpoints.clone(),
+                        auth.source.clone(),
+                        auth.secret()?,
+                        auth.markers(),
+                        Duration::from_millis(*timeout_ms),
+                        *window,
+                    ))
+                }
+                SinkConfig::Kafka {
+                    brokers,
+                    topic,
+                    auth,
+                    timeout_ms,
+                    librdkafka,
+                } => Arc::new(kafka::KafkaSink::new(
+                    brokers,
+                    topic.clone(),
+                    librdkafka,
+                    auth.source.clone(),
+                    auth.secret()?,
+                    auth.markers(),
+                    Duration::from_millis(*timeout_ms),
+                )?),
             })
         })
         .collect()

@@ -231,7 +231,9 @@ async fn connection_task(addr: String, secret: Secret, mut rx: mpsc::Receiver<Re
         };
         if pending.is_empty() {
             // Idle: wait for work (and notice a peer close on the idle connection).
-            let Some(request) = rx.recv().await else { return };
+            let Some(request) = rx.recv().await else {
+                return;
+            };
             pending.push_back(request);
         }
         if conn.is_none() {

@@ -233,7 +233,7 @@ impl Processor {
         match t {
             x if x == EventType::ROTATE_EVENT as u8 => {
                 let r: RotateEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
-                self.file = r.name().into_owned();
+                self.file = rotate_name(ev, r.name_raw());
                 self.pos = r.position();
                 self.outer_pos = self.pos;
                 if !r.is_fake() {
@@ -575,6 +575,29 @@ impl TablePlan {
     fn annotation_match(&self, dbs: &[String]) -> bool {
         dbs.is_empty() || dbs.iter().any(|d| *d == self.db)
     }
+}
+
+/// The file name of a ROTATE event. The fake ROTATE a server sends first comes before the
+/// FORMAT_DESCRIPTION that announces checksums, so its CRC32 may still be glued to the name:
+/// strip it when it verifies.
+fn rotate_name(ev: &Event, name: &[u8]) -> String {
+    let h = ev.header();
+    if name.len() > 4 {
+        let (n, crc) = name.split_at(name.len() - 4);
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&h.timestamp().to_le_bytes());
+        hasher.update(&[h.event_type_raw()]);
+        hasher.update(&h.server_id().to_le_bytes());
+        hasher.update(&h.event_size().to_le_bytes());
+        hasher.update(&h.log_pos().to_le_bytes());
+        hasher.update(&h.flags_raw().to_le_bytes());
+        let data = ev.data();
+        hasher.update(&data[..data.len().saturating_sub(4)]);
+        if hasher.finalize().to_le_bytes() == crc && data.ends_with(crc) {
+            return String::from_utf8_lossy(n).into_owned();
+        }
+    }
+    String::from_utf8_lossy(name).into_owned()
 }
 
 fn le48(d: &[u8]) -> u64 {
