@@ -442,7 +442,7 @@ mod tests {
         assert_eq!(c.value_len(&[2], 0), Ok((0, 1)));
         assert_eq!(fmt(&c, &[2]), "2");
         assert_eq!(decimal_len(10, 2), Ok(5));
-        assert_eq!(decimal_len(65, 30), Ok(29));
+        assert_eq!(decimal_len(65, 30), Ok(30));
     }
 
     #[test]

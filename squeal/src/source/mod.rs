@@ -7,7 +7,6 @@ pub mod mariadb;
 pub mod process;
 pub mod schema;
 
-use std::io::BufReader;
 use std::path::Path;
 
 use mysql_common::binlog::consts::{BinlogVersion, EventType};
@@ -79,35 +78,74 @@ pub enum ReadError {
     Process(ProcessError),
 }
 
+/// Checks that `buf` starts with a whole event: a header whose size fits in `buf`.
+/// mysql_common trusts the size field (and panics on a short body), so every event is
+/// framed here first.
+pub fn check_frame(buf: &[u8]) -> std::io::Result<usize> {
+    const HEADER: usize = 19;
+    if buf.len() < HEADER {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("truncated event header ({} of {HEADER} bytes)", buf.len()),
+        ));
+    }
+    let size = u32::from_le_bytes(buf[9..13].try_into().expect("4 bytes")) as usize;
+    if size < HEADER {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("event size {size} is smaller than its header"),
+        ));
+    }
+    if size > buf.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "truncated event: {size} bytes announced, {} left",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(size)
+}
+
+/// Largest decompressed transaction payload accepted (MySQL caps a payload at 1 GiB).
+const MAX_PAYLOAD: u64 = 1 << 30;
+
 /// Reads events back to back from `bytes` (what follows the magic of a binlog file).
 pub fn read_events(
     bytes: &[u8],
     proc: &mut Processor,
     on_commit: &mut dyn FnMut(Committed),
 ) -> Result<usize, ReadError> {
+    use std::io::Read;
     let mut esr = EventStreamReader::new(BinlogVersion::Version4);
-    let mut input = BufReader::new(bytes);
     let mut out = Vec::new();
     let mut n = 0;
-    let total = bytes.len() as u64;
-    loop {
-        let offset = total - input.get_ref().len() as u64 - input.buffer().len() as u64;
-        let ev = match esr.read(&mut input) {
+    let mut at = 0usize;
+    while at < bytes.len() {
+        let offset = at as u64;
+        let size = check_frame(&bytes[at..]).map_err(|e| ReadError::Event(n, offset, e))?;
+        let ev = match esr.read(&bytes[at..at + size]) {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(e) => return Err(ReadError::Event(n, offset, e)),
         };
+        at += size;
         n += 1;
         proc.handle(&ev, &mut out).map_err(ReadError::Process)?;
         if ev.header().event_type_raw() == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
             let tpe: TransactionPayloadEvent = ev
                 .read_event()
                 .map_err(|e| ReadError::Event(n, offset, e))?;
-            let mut reader = tpe
-                .decompressed()
+            let mut inner_bytes = Vec::new();
+            tpe.decompressed()
+                .and_then(|r| r.take(MAX_PAYLOAD).read_to_end(&mut inner_bytes))
                 .map_err(|e| ReadError::Event(n, offset, e))?;
-            loop {
-                match esr.read_decompressed(&mut reader) {
+            let mut i = 0;
+            while i < inner_bytes.len() {
+                let size =
+                    check_frame(&inner_bytes[i..]).map_err(|e| ReadError::Event(n, offset, e))?;
+                match esr.read_decompressed(&inner_bytes[i..i + size]) {
                     Ok(Some(inner)) => {
                         n += 1;
                         proc.handle(&inner, &mut out).map_err(ReadError::Process)?;
@@ -115,6 +153,7 @@ pub fn read_events(
                     Ok(None) => break,
                     Err(e) => return Err(ReadError::Event(n, offset, e)),
                 }
+                i += size;
             }
         }
         for c in out.drain(..) {
