@@ -411,3 +411,46 @@ mod tests {
         assert!(err.contains("user:{id"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod delivery_sink_tests {
+    use super::*;
+
+    fn parse_sink(sink: &str) -> anyhow::Result<SinkConfig> {
+        let text = format!(
+            "[source]\nurl = \"mysql://root@127.0.0.1:3306/\"\nserver_id = 7\n\
+             [checkpoint]\npath = \"/tmp/x\"\n[[sink]]\n{sink}\n"
+        );
+        Ok(Config::parse(&text)?.sinks.remove(0))
+    }
+
+    #[test]
+    fn router_and_kafka_sinks_parse_with_their_auth() {
+        let router = parse_sink(
+            "type = \"router\"\nendpoints = [\"127.0.0.1:7000\"]\nsecret = \"s\"\nsource = \"db1\"",
+        )
+        .unwrap();
+        match router {
+            SinkConfig::Router { endpoints, auth, window, .. } => {
+                assert_eq!(endpoints, ["127.0.0.1:7000"]);
+                assert_eq!(auth.source, "db1");
+                assert_eq!(auth.marker_prefix, "r_");
+                assert_eq!(window, 8);
+                assert!(auth.secret().is_ok());
+            }
+            other => panic!("{other:?}"),
+        }
+        let kafka = parse_sink(
+            "type = \"kafka\"\nbrokers = \"b:9092\"\ntopic = \"t\"\nsecret_file = \"/s\"\n\
+             librdkafka = { \"security.protocol\" = \"ssl\" }",
+        )
+        .unwrap();
+        assert!(matches!(kafka, SinkConfig::Kafka { ref librdkafka, .. } if librdkafka.len() == 1));
+    }
+
+    #[test]
+    fn sink_typos_are_refused() {
+        let err = parse_sink("type = \"router\"\nendpoints = []\nsecret = \"s\"\nwindwo = 3");
+        assert!(err.is_err(), "an unknown key must not be ignored");
+    }
+}
