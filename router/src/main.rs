@@ -19,6 +19,14 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    /// Print what the invalidation spool holds (per server: deletes and bytes waiting) and
+    /// exit. Safe while the router runs.
+    #[arg(long, conflicts_with = "check")]
+    spool_inspect: bool,
+    /// Replay the invalidation spool now to every server that answers, print what was
+    /// replayed, and exit. Stop the router first: two replayers on one spool would race.
+    #[arg(long, conflicts_with_all = ["check", "spool_inspect"])]
+    spool_replay: bool,
 }
 
 fn main() {
@@ -41,6 +49,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.check {
         println!("{}: ok", cli.config.display());
         return Ok(());
+    }
+    if cli.spool_inspect || cli.spool_replay {
+        return router::invalidation::spool_cli(&config, cli.spool_replay);
     }
     let plan = Arc::new(Plan::new(config));
     let cfg = &plan.config;

@@ -201,14 +201,13 @@ pub fn spawn(
     Ok(Some(handle))
 }
 
-/// Starts the invalidation side: opens the spool, builds the fan-out over the named pools,
-/// binds the native port and starts the Kafka consumer as configured, and the replayer.
-/// `placement` turns a pool name into its key placement.
-pub async fn start(
+/// The fan-out over the configured clusters and marker pools; `placement` turns a pool
+/// name into its key placement.
+fn build_fanout(
     config: &InvalidationConfig,
-    placement: impl Fn(&str) -> Option<Arc<dyn Placement>>,
-) -> anyhow::Result<Arc<Fanout>> {
-    let secret = config.secret()?;
+    placement: &impl Fn(&str) -> Option<Arc<dyn Placement>>,
+    spool: Arc<spool::Spool>,
+) -> anyhow::Result<Fanout> {
     let targets = |names: &[String]| -> anyhow::Result<Vec<Target>> {
         names
             .iter()
@@ -221,6 +220,65 @@ pub async fn start(
             })
             .collect()
     };
+    Ok(Fanout::new(
+        targets(&config.clusters)?,
+        targets(&config.marker_pools)?,
+        spool,
+        Duration::from_millis(config.timeout_ms),
+    ))
+}
+
+/// The operator's view of the spool (`squeal-router --spool-inspect` / `--spool-replay`).
+pub fn spool_cli(config: &crate::config::Config, replay: bool) -> anyhow::Result<()> {
+    let inv = config
+        .invalidation
+        .as_ref()
+        .context("the config has no [invalidation] section, so no spool")?;
+    let spool = Arc::new(
+        spool::Spool::open(&inv.spool_dir, inv.spool_max_bytes)
+            .with_context(|| format!("opening spool {}", inv.spool_dir.display()))?,
+    );
+    let pending = spool.pending();
+    println!(
+        "spool {}: {} server(s) with deletes waiting",
+        inv.spool_dir.display(),
+        pending.len()
+    );
+    for p in &pending {
+        println!("  {}  {} deletes  {} bytes", p.server, p.keys, p.bytes);
+    }
+    if !replay || pending.is_empty() {
+        return Ok(());
+    }
+    let fanout = build_fanout(inv, &pool_placements(config), spool)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut failed = 0;
+    for p in pending {
+        match rt.block_on(fanout.replay_server(&p.server)) {
+            Ok(n) => println!("  {}: replayed {n} deletes", p.server),
+            Err(e) => {
+                failed += 1;
+                println!("  {}: stopped: {e:#}", p.server);
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} server(s) could not be replayed; their deletes stay spooled"
+    );
+    Ok(())
+}
+
+/// Starts the invalidation side: opens the spool, builds the fan-out over the named pools,
+/// binds the native port and starts the Kafka consumer as configured, and the replayer.
+/// `placement` turns a pool name into its key placement.
+pub async fn start(
+    config: &InvalidationConfig,
+    placement: impl Fn(&str) -> Option<Arc<dyn Placement>>,
+) -> anyhow::Result<Arc<Fanout>> {
+    let secret = config.secret()?;
     let spool_dir = config.spool_dir.clone();
     let max = config.spool_max_bytes;
     let spool = tokio::task::spawn_blocking(move || spool::Spool::open(&spool_dir, max))
@@ -233,12 +291,7 @@ pub async fn start(
             "spool holds deletes from an earlier run; replaying"
         );
     }
-    let fanout = Arc::new(Fanout::new(
-        targets(&config.clusters)?,
-        targets(&config.marker_pools)?,
-        Arc::new(spool),
-        Duration::from_millis(config.timeout_ms),
-    ));
+    let fanout = Arc::new(build_fanout(config, &placement, Arc::new(spool))?);
     tokio::spawn(
         fanout
             .clone()
