@@ -38,7 +38,7 @@ impl Router {
             &config,
             format!("listen = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{admin_port}\"\n{body}"),
         )?;
-        let mut cmd = Command::new(crate::project::bin("squeal-router"));
+        let mut cmd = Command::new(router_bin());
         cmd.arg("--config").arg(&config);
         let server = Server::spawn("router", dir, cmd, loopback(port), Duration::from_secs(10))?;
         Ok(Router {
@@ -56,7 +56,7 @@ impl Router {
     /// crash and a supervisor restart look like.
     pub fn restart(&mut self) -> Result<()> {
         self.server.kill();
-        let mut cmd = Command::new(crate::project::bin("squeal-router"));
+        let mut cmd = Command::new(router_bin());
         cmd.arg("--config").arg(&self.config);
         self.server.restart(cmd, Duration::from_secs(10))
     }
@@ -66,7 +66,7 @@ impl Router {
         let dir = server_dir("router-check")?;
         let path = dir.path().join("router.toml");
         std::fs::write(&path, config_text)?;
-        let out = Command::new(crate::project::bin("squeal-router"))
+        let out = Command::new(router_bin())
             .arg("--check")
             .arg("--config")
             .arg(&path)
@@ -75,5 +75,20 @@ impl Router {
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         ))
+    }
+}
+
+/// The `squeal-router` to run: `$SQUEAL_ROUTER_BIN`, else the one beside the running
+/// program (a bench binary in `target/release/`), else the test profile's build.
+fn router_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SQUEAL_ROUTER_BIN") {
+        return PathBuf::from(p);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("squeal-router")));
+    match beside {
+        Some(p) if p.exists() => p,
+        _ => crate::project::bin("squeal-router"),
     }
 }
