@@ -448,3 +448,6 @@ pub(crate) fn parse_i64(t: &[u8]) -> Option<i64> {
         _ => parse_u64(t).and_then(|v| i64::try_from(v).ok()),
     }
 }
+
+#[cfg(test)]
+mod tests;
