@@ -15,9 +15,11 @@ pub mod memcache;
 pub mod memcached;
 pub mod process;
 pub mod project;
+pub mod region;
 pub mod router;
 pub mod squeal;
 pub mod twemproxy;
+pub mod workload;
 
 pub use kafka::Broker;
 pub use mariadb::MariaDb;

@@ -24,12 +24,13 @@ pub fn binlog_fixtures() -> PathBuf {
 /// built in the same profile as the running test. The test command builds them first
 /// (`cargo build --workspace --bins`); a missing one is a clear failure, not a hang.
 pub fn bin(name: &str) -> PathBuf {
-    // The test executable lives in target/<profile>/deps/.
+    // A test executable lives in target/<profile>/deps/, a program (the demo, a bench) in
+    // target/<profile>/ itself.
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary sits in target/<profile>/deps");
+    let mut profile_dir = exe.parent().expect("executable has a directory");
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().expect("deps/ has a parent");
+    }
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
