@@ -1,0 +1,133 @@
+//! End-to-end benchmark: a region on loopback, writers committing to MariaDB at three rates
+//! (paced, faster, full speed) while readers do look-aside caching through the routers.
+//! For each rate it prints commit-to-delete latency measured from outside the pipeline
+//! (p50/p99/p999), deletes per packet, squeal's lag, and the stale keys found after the
+//! writers stop and the pipeline drains.
+//!
+//!   bash tests/bench/e2e.sh        (builds in release, then runs this)
+
+use std::time::Duration;
+
+use anyhow::Result;
+use harness::region::{Region, RegionOptions};
+use harness::squeal::Squeal;
+use harness::workload::{self, WorkloadOptions};
+
+/// Mean and approximate median of squeal's `squeal_keys_per_packet` histogram since
+/// `before` (cumulative bucket counts and sum/count).
+fn keys_per_packet(squeal: &Squeal, before: &Histogram) -> (f64, f64) {
+    let now = Histogram::read(squeal);
+    let count = now.count - before.count;
+    let mean = (now.sum - before.sum) / count.max(1.0);
+    let half = count / 2.0;
+    let median = now
+        .buckets
+        .iter()
+        .zip(&before.buckets)
+        .find(|((_, n), (_, b))| n - b >= half)
+        .map_or(f64::NAN, |((le, _), _)| *le);
+    (mean, median)
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: Vec<(f64, f64)>,
+    sum: f64,
+    count: f64,
+}
+
+impl Histogram {
+    fn read(squeal: &Squeal) -> Histogram {
+        let text = squeal.metrics_text().unwrap_or_default();
+        let mut h = Histogram::default();
+        for line in text.lines() {
+            let Some((key, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if let Some(rest) = key.strip_prefix("squeal_keys_per_packet_bucket{le=\"") {
+                let le = rest.trim_end_matches("\"}");
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(0.0)
+                };
+                h.buckets.push((le, value));
+            } else if key == "squeal_keys_per_packet_sum" {
+                h.sum = value;
+            } else if key == "squeal_keys_per_packet_count" {
+                h.count = value;
+            }
+        }
+        h
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let seconds: u64 = std::env::var("SQUEAL_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    let mut region = Region::start(&RegionOptions::default()).await?;
+    let (users, probes) = (10_000, 50);
+    workload::create_schema(&region.db, users + probes).await?;
+    region.start_squeal(workload::EXTRACT)?;
+    println!(
+        "region: MariaDB, 2 clusters x 2 memcached + regional, 2 routers, squeal; {users} users; \
+         4 readers (look-aside with leases), 4 writers, {seconds} s per rate"
+    );
+    println!(
+        "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9}",
+        "write rate",
+        "commits/s",
+        "p50 ms",
+        "p99 ms",
+        "p999 ms",
+        "max ms",
+        "keys/pkt",
+        "median",
+        "lag s",
+        "stale"
+    );
+    for rate in [Some(100.0), Some(1000.0), None] {
+        let squeal = region.squeal.as_ref().expect("started");
+        let before = Histogram::read(squeal);
+        let report = workload::run(
+            &region,
+            &WorkloadOptions {
+                users,
+                probes,
+                readers: 4,
+                writers: 4,
+                write_rate: rate,
+                duration: Duration::from_secs(seconds),
+            },
+        )
+        .await?;
+        let squeal = region.squeal.as_ref().expect("started");
+        let (mean, median) = keys_per_packet(squeal, &before);
+        let ms = |p: f64| {
+            report
+                .percentile(p)
+                .map_or(f64::NAN, |d| d.as_secs_f64() * 1e3)
+        };
+        println!(
+            "{:>12} {:>9.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>10.2} {:>10} {:>8.3} {:>9}",
+            rate.map_or("full speed".to_string(), |r| format!("{r}/s")),
+            report.writes as f64 / report.elapsed.as_secs_f64(),
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            ms(1.0),
+            mean,
+            median,
+            squeal.metric("squeal_lag_seconds").unwrap_or(f64::NAN),
+            format!("{}/{}", report.stale, report.checked),
+        );
+        anyhow::ensure!(report.stale == 0, "stale keys at rate {rate:?}");
+    }
+    // Keep the region alive until the end of main so every server is killed on drop.
+    drop(region);
+    Ok(())
+}
