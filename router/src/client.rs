@@ -287,7 +287,7 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
                         if c.rbuf.capacity() - c.rbuf.len() < 4096 {
                             c.rbuf.reserve(16 * 1024);
                         }
-                        match stream.try_read_buf(&mut c.rbuf) {
+                        match read_drained(&stream, &mut c.rbuf) {
                             Ok(0) => {
                                 c.eof = true;
                                 // A request cut off mid-value is dropped, as memcached does.
@@ -322,6 +322,29 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
     })
     .await;
     stats.closed_connections.add(1);
+}
+
+/// Reads once. A read that did not fill the buffer drained the socket, so tokio's
+/// readiness is cleared right away (the fake `WouldBlock` inside `try_io`) instead of
+/// costing a second `read` syscall that would only say "nothing more". Epoll is
+/// edge-triggered: bytes arriving later raise readiness again.
+pub(crate) fn read_drained(stream: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let mut got = None;
+    let r = stream.try_io(tokio::io::Interest::READABLE, || {
+        let spare = buf.capacity() - buf.len();
+        let n = stream.try_read_buf(buf)?;
+        got = Some(n);
+        if n > 0 && n < spare {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match (r, got) {
+        (_, Some(n)) => Ok(n),
+        (Err(e), None) => Err(e),
+        (Ok(n), None) => Ok(n),
+    }
 }
 
 fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {

@@ -205,7 +205,7 @@ impl BackendConn {
                     if rbuf.capacity() - rbuf.len() < 16 * 1024 {
                         rbuf.reserve(64 * 1024);
                     }
-                    match stream.try_read_buf(&mut rbuf) {
+                    match crate::client::read_drained(&stream, &mut rbuf) {
                         Ok(0) => {
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
@@ -238,10 +238,10 @@ impl BackendConn {
                         "reply timeout",
                     )));
                 }
-                if timer.deadline() != deadline {
-                    timer.as_mut().reset(deadline);
-                }
+                // The timer may fire early (it is only moved when it fires, not on every
+                // reply: re-arming costs a trip through the timer wheel).
                 if timer.as_mut().poll(cx).is_ready() {
+                    timer.as_mut().reset(deadline);
                     continue;
                 }
             }
