@@ -20,12 +20,19 @@ fn keys_per_packet(squeal: &Squeal, before: &Histogram) -> (f64, f64) {
     let count = now.count - before.count;
     let mean = (now.sum - before.sum) / count.max(1.0);
     let half = count / 2.0;
+    // Cumulative bucket counts; a bucket absent before (first run) counted zero then.
     let median = now
         .buckets
         .iter()
-        .zip(&before.buckets)
-        .find(|((_, n), (_, b))| n - b >= half)
-        .map_or(f64::NAN, |((le, _), _)| *le);
+        .find(|(le, n)| {
+            let b = before
+                .buckets
+                .iter()
+                .find(|(l, _)| l == le)
+                .map_or(0.0, |(_, b)| *b);
+            n - b >= half
+        })
+        .map_or(f64::NAN, |(le, _)| *le);
     (mean, median)
 }
 
