@@ -77,7 +77,9 @@ impl Markers {
         key::validate(prefix.as_bytes())
             .map_err(|e| format!("marker prefix {prefix:?} is not legal in a key: {e}"))?;
         if ttl_secs == 0 {
-            return Err("marker TTL must be positive: a marker without TTL could stick forever".into());
+            return Err(
+                "marker TTL must be positive: a marker without TTL could stick forever".into(),
+            );
         }
         Ok(Markers {
             prefix: prefix.into(),
@@ -135,6 +137,71 @@ impl Markers {
     }
 }
 
+/// The cache operations the protocol needs, implemented over whatever memcache client the
+/// application uses (through the router: marker keys route to the regional pool, cache keys
+/// to the local cluster).
+pub trait MarkerCache {
+    type Error;
+    /// `set <marker> 0 <ttl> 1` (any one-byte value).
+    fn set_marker(&mut self, marker: &[u8], ttl_secs: u32) -> Result<(), Self::Error>;
+    /// True when the marker key exists.
+    fn marker_exists(&mut self, marker: &[u8]) -> Result<bool, Self::Error>;
+    /// `delete <key>` in the local cluster.
+    fn delete_local(&mut self, key: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// Why a marker-protected write failed, and at which step.
+#[derive(Debug)]
+pub enum WriteError<E> {
+    /// A key was not a legal memcache key: nothing was done.
+    Key(KeyError),
+    /// Setting a marker failed: the database was not written.
+    Marker(E),
+    /// The database write failed (markers may be left; their TTL bounds the harm).
+    Write(E),
+    /// The write committed but the local delete failed: the caller should retry the delete
+    /// (squeal will delete the key anyway once replication applies the write).
+    LocalDelete(E),
+}
+
+impl Markers {
+    /// The write protocol for a replica region: set every key's marker, run `write` (which
+    /// must put `annotation` in the statement it sends to the PRIMARY database and commit),
+    /// then delete the keys locally.
+    pub fn write<C: MarkerCache, T>(
+        &self,
+        cache: &mut C,
+        keys: &[&[u8]],
+        write: impl FnOnce(&str) -> Result<T, C::Error>,
+    ) -> Result<T, WriteError<C::Error>> {
+        let annotation = self.annotation(keys).map_err(WriteError::Key)?;
+        for key in keys {
+            let marker = self.marker_key(key).map_err(WriteError::Key)?;
+            cache
+                .set_marker(&marker, self.ttl_secs)
+                .map_err(WriteError::Marker)?;
+        }
+        let written = write(&annotation).map_err(WriteError::Write)?;
+        for key in keys {
+            cache.delete_local(key).map_err(WriteError::LocalDelete)?;
+        }
+        Ok(written)
+    }
+
+    /// The read protocol after a cache miss on `key`: where to read.
+    pub fn after_miss<C: MarkerCache>(
+        &self,
+        cache: &mut C,
+        key: &[u8],
+    ) -> Result<ReadFrom, WriteError<C::Error>> {
+        let marker = self.marker_key(key).map_err(WriteError::Key)?;
+        let present = cache
+            .marker_exists(&marker)
+            .map_err(WriteError::Marker)?;
+        Ok(Markers::read_from(present))
+    }
+}
+
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &b in bytes {
@@ -166,7 +233,11 @@ mod tests {
         assert!(key::validate(&marker).is_ok());
         let mut other = long.clone();
         other[249] = b'j';
-        assert_ne!(marker, m.marker_key(&other).unwrap(), "the tail still counts");
+        assert_ne!(
+            marker,
+            m.marker_key(&other).unwrap(),
+            "the tail still counts"
+        );
     }
 
     #[test]
@@ -185,6 +256,54 @@ mod tests {
             .map(|k| k.unwrap().into_owned())
             .collect();
         assert_eq!(keys, vec![b"user:1".to_vec(), b"r_user:1".to_vec()]);
+    }
+
+    /// An in-memory cache that records the order of operations.
+    #[derive(Default)]
+    struct Recorder {
+        log: Vec<String>,
+        markers: std::collections::HashSet<Vec<u8>>,
+    }
+
+    impl MarkerCache for Recorder {
+        type Error = String;
+        fn set_marker(&mut self, marker: &[u8], ttl: u32) -> Result<(), String> {
+            self.log.push(format!("set {} ttl {ttl}", String::from_utf8_lossy(marker)));
+            self.markers.insert(marker.to_vec());
+            Ok(())
+        }
+        fn marker_exists(&mut self, marker: &[u8]) -> Result<bool, String> {
+            Ok(self.markers.contains(marker))
+        }
+        fn delete_local(&mut self, key: &[u8]) -> Result<(), String> {
+            self.log.push(format!("delete {}", String::from_utf8_lossy(key)));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_write_protocol_runs_in_the_paper_order() {
+        let m = Markers::default();
+        let mut cache = Recorder::default();
+        let mut seen = String::new();
+        m.write(&mut cache, &[b"user:1"], |annotation| {
+            seen = annotation.to_string();
+            Ok::<_, String>(())
+        })
+        .unwrap();
+        assert_eq!(cache.log, ["set r_user:1 ttl 60", "delete user:1"]);
+        assert_eq!(seen, "/* squeal:inv user:1 r_user:1 */");
+        assert_eq!(m.after_miss(&mut cache, b"user:1").unwrap(), ReadFrom::Primary);
+        assert_eq!(m.after_miss(&mut cache, b"user:2").unwrap(), ReadFrom::LocalReplica);
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_local_key_alone() {
+        let m = Markers::default();
+        let mut cache = Recorder::default();
+        let r = m.write(&mut cache, &[b"user:1"], |_| Err::<(), _>("db down".to_string()));
+        assert!(matches!(r, Err(WriteError::Write(_))));
+        assert_eq!(cache.log, ["set r_user:1 ttl 60"], "no local delete after a failed write");
     }
 
     proptest! {
