@@ -148,14 +148,14 @@ impl Batch {
         out.extend_from_slice(&[0; 4]);
         out.push(VERSION);
         let source = self.source.as_bytes();
-        let source_len =
-            u8::try_from(source.len()).map_err(|_| WireError::Malformed("source over 255 bytes"))?;
+        let source_len = u8::try_from(source.len())
+            .map_err(|_| WireError::Malformed("source over 255 bytes"))?;
         out.push(source_len);
         out.extend_from_slice(source);
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.commit_time_us.to_be_bytes());
-        let count =
-            u32::try_from(self.entries.len()).map_err(|_| WireError::Malformed("too many entries"))?;
+        let count = u32::try_from(self.entries.len())
+            .map_err(|_| WireError::Malformed("too many entries"))?;
         out.extend_from_slice(&count.to_be_bytes());
         for (index, (kind, key)) in self.entries.iter().enumerate() {
             key::validate(key).map_err(|error| WireError::BadKey { index, error })?;
@@ -341,9 +341,8 @@ mod tests {
         let secret = Secret::new(b"s3cret");
         let mut buf = Vec::new();
         batch().encode(&secret, &mut buf).unwrap();
-        let expected = Batch::overhead("db1")
-            + Batch::entry_len(b"user:1")
-            + Batch::entry_len(b"r_user:1");
+        let expected =
+            Batch::overhead("db1") + Batch::entry_len(b"user:1") + Batch::entry_len(b"r_user:1");
         assert_eq!(buf.len(), expected);
         buf.extend_from_slice(b"SQB1"); // the start of the next frame stays unread
         let (decoded, used) = Batch::decode(&buf, &secret).unwrap().unwrap();
@@ -357,7 +356,11 @@ mod tests {
         let mut buf = Vec::new();
         batch().encode(&secret, &mut buf).unwrap();
         for cut in 0..buf.len() {
-            assert_eq!(Batch::decode(&buf[..cut], &secret), Ok(None), "cut at {cut}");
+            assert_eq!(
+                Batch::decode(&buf[..cut], &secret),
+                Ok(None),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -373,7 +376,11 @@ mod tests {
         for i in HEADER_LEN..buf.len() {
             let mut tampered = buf.clone();
             tampered[i] ^= 0x01;
-            assert_eq!(Batch::decode(&tampered, &secret), Err(WireError::BadMac), "byte {i}");
+            assert_eq!(
+                Batch::decode(&tampered, &secret),
+                Err(WireError::BadMac),
+                "byte {i}"
+            );
         }
     }
 
@@ -384,7 +391,10 @@ mod tests {
             Batch::decode(b"get foo\r\n", &secret),
             Err(WireError::BadMagic(_))
         ));
-        assert!(matches!(Batch::decode(b"G", &secret), Err(WireError::BadMagic(_))));
+        assert!(matches!(
+            Batch::decode(b"G", &secret),
+            Err(WireError::BadMagic(_))
+        ));
         let mut huge = BATCH_MAGIC.to_vec();
         huge.extend_from_slice(&u32::MAX.to_be_bytes());
         assert_eq!(
@@ -426,7 +436,10 @@ mod tests {
         let bytes = ack.encode(&secret);
         assert_eq!(Ack::decode(&bytes, &secret), Ok(Some((ack, ACK_LEN))));
         assert_eq!(Ack::decode(&bytes[..10], &secret), Ok(None));
-        assert_eq!(Ack::decode(&bytes, &Secret::new(b"x")), Err(WireError::BadMac));
+        assert_eq!(
+            Ack::decode(&bytes, &Secret::new(b"x")),
+            Err(WireError::BadMac)
+        );
     }
 
     fn arb_key() -> impl Strategy<Value = Vec<u8>> {
