@@ -188,6 +188,33 @@ impl Markers {
         Ok(written)
     }
 
+    /// [`Markers::write`] for applications whose database client is async: the same three
+    /// steps in the same order, awaiting the primary write between them.
+    pub async fn write_async<C, T, F, Fut>(
+        &self,
+        cache: &mut C,
+        keys: &[&[u8]],
+        write: F,
+    ) -> Result<T, WriteError<C::Error>>
+    where
+        C: MarkerCache,
+        F: FnOnce(String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, C::Error>>,
+    {
+        let annotation = self.annotation(keys).map_err(WriteError::Key)?;
+        for key in keys {
+            let marker = self.marker_key(key).map_err(WriteError::Key)?;
+            cache
+                .set_marker(&marker, self.ttl_secs)
+                .map_err(WriteError::Marker)?;
+        }
+        let written = write(annotation).await.map_err(WriteError::Write)?;
+        for key in keys {
+            cache.delete_local(key).map_err(WriteError::LocalDelete)?;
+        }
+        Ok(written)
+    }
+
     /// The read protocol after a cache miss on `key`: where to read.
     pub fn after_miss<C: MarkerCache>(
         &self,
@@ -195,9 +222,7 @@ impl Markers {
         key: &[u8],
     ) -> Result<ReadFrom, WriteError<C::Error>> {
         let marker = self.marker_key(key).map_err(WriteError::Key)?;
-        let present = cache
-            .marker_exists(&marker)
-            .map_err(WriteError::Marker)?;
+        let present = cache.marker_exists(&marker).map_err(WriteError::Marker)?;
         Ok(Markers::read_from(present))
     }
 }
@@ -268,7 +293,8 @@ mod tests {
     impl MarkerCache for Recorder {
         type Error = String;
         fn set_marker(&mut self, marker: &[u8], ttl: u32) -> Result<(), String> {
-            self.log.push(format!("set {} ttl {ttl}", String::from_utf8_lossy(marker)));
+            self.log
+                .push(format!("set {} ttl {ttl}", String::from_utf8_lossy(marker)));
             self.markers.insert(marker.to_vec());
             Ok(())
         }
@@ -276,7 +302,8 @@ mod tests {
             Ok(self.markers.contains(marker))
         }
         fn delete_local(&mut self, key: &[u8]) -> Result<(), String> {
-            self.log.push(format!("delete {}", String::from_utf8_lossy(key)));
+            self.log
+                .push(format!("delete {}", String::from_utf8_lossy(key)));
             Ok(())
         }
     }
@@ -293,17 +320,29 @@ mod tests {
         .unwrap();
         assert_eq!(cache.log, ["set r_user:1 ttl 60", "delete user:1"]);
         assert_eq!(seen, "/* squeal:inv user:1 r_user:1 */");
-        assert_eq!(m.after_miss(&mut cache, b"user:1").unwrap(), ReadFrom::Primary);
-        assert_eq!(m.after_miss(&mut cache, b"user:2").unwrap(), ReadFrom::LocalReplica);
+        assert_eq!(
+            m.after_miss(&mut cache, b"user:1").unwrap(),
+            ReadFrom::Primary
+        );
+        assert_eq!(
+            m.after_miss(&mut cache, b"user:2").unwrap(),
+            ReadFrom::LocalReplica
+        );
     }
 
     #[test]
     fn a_failed_write_leaves_the_local_key_alone() {
         let m = Markers::default();
         let mut cache = Recorder::default();
-        let r = m.write(&mut cache, &[b"user:1"], |_| Err::<(), _>("db down".to_string()));
+        let r = m.write(&mut cache, &[b"user:1"], |_| {
+            Err::<(), _>("db down".to_string())
+        });
         assert!(matches!(r, Err(WriteError::Write(_))));
-        assert_eq!(cache.log, ["set r_user:1 ttl 60"], "no local delete after a failed write");
+        assert_eq!(
+            cache.log,
+            ["set r_user:1 ttl 60"],
+            "no local delete after a failed write"
+        );
     }
 
     proptest! {

@@ -16,6 +16,7 @@ pub mod memcached;
 pub mod process;
 pub mod project;
 pub mod region;
+pub mod regions;
 pub mod router;
 pub mod squeal;
 pub mod twemproxy;
