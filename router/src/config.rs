@@ -5,7 +5,7 @@
 //! listen = ["127.0.0.1:11311"]      # client traffic (memcached protocol)
 //! admin = "127.0.0.1:9150"          # Prometheus /metrics; loopback by default
 //! workers = 2                       # default: number of CPUs
-//! route = "main"                    # the pool that serves client traffic
+//! route = "main"                    # the pool (or route, or inline route table) serving clients
 //!
 //! [pools.main]
 //! distribution = "ketama"           # ketama | modula | random
@@ -19,12 +19,20 @@
 //! backoff_min_ms = 100
 //! backoff_max_ms = 5000
 //!
+//! [health]                        # optional: mark failing servers down (TKO), probe them back
+//! tko_after = 3                     # consecutive failed requests
+//! probe_min_ms = 100
+//! probe_max_ms = 2000
+//!
 //! [limits]
 //! max_item_size = 1048576
 //! max_connections = 4096
 //! max_pending_per_client = 256
 //! max_client_output = 4194304
 //! ```
+//!
+//! Route trees (`[route] type = ...`, `[routes.NAME]`) are parsed and validated in
+//! [`crate::route::spec`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,6 +45,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::route::hash::HashFn;
+use crate::route::spec::{RawRouteRef, Resolver, RouteSpec};
 
 /// A configuration problem and where it is.
 #[derive(Debug)]
@@ -69,7 +78,11 @@ struct RawConfig {
     listen: Spanned<Vec<Spanned<String>>>,
     admin: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
-    route: Spanned<String>,
+    route: Spanned<RawRouteRef>,
+    /// Named routes that `route` and other routes may refer to.
+    #[serde(default)]
+    routes: BTreeMap<String, Spanned<RawRouteRef>>,
+    health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     timeouts: RawTimeouts,
     #[serde(default)]
@@ -87,6 +100,14 @@ struct RawPool {
     distribution: Option<Spanned<String>>,
     hash: Option<Spanned<String>>,
     connections: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHealth {
+    tko_after: Option<Spanned<i64>>,
+    probe_min_ms: Option<Spanned<i64>>,
+    probe_max_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -114,15 +135,17 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub workers: usize,
-    /// Index into `pools` of the pool serving client traffic.
-    pub route: usize,
+    /// The route tree serving client traffic.
+    pub route: RouteSpec,
     pub pools: Vec<Pool>,
+    /// Health checking (TKO) of servers; off when the section is absent.
+    pub health: Option<Health>,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub invalidation: Option<crate::invalidation::InvalidationConfig>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
     pub name: String,
     pub distribution: String,
@@ -131,7 +154,7 @@ pub struct Pool {
     pub servers: Vec<Server>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     /// As written (`host:port`), for stats.
     pub label: String,
@@ -141,7 +164,17 @@ pub struct Server {
     pub ketama_name: String,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// `[health]`: after `tko_after` consecutive failed requests a server is marked down (TKO)
+/// and requests to it fail at once; a probe (`version`) brings it back, retried with
+/// backoff from `probe_min` to `probe_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub tko_after: u32,
+    pub probe_min: Duration,
+    pub probe_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
     pub connect: Duration,
     pub read: Duration,
@@ -149,7 +182,7 @@ pub struct Timeouts {
     pub backoff_max: Duration,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     pub max_item_size: usize,
     pub max_connections: usize,
@@ -255,23 +288,42 @@ impl Config {
                 "no [pools.NAME] table: at least one pool is needed",
             ));
         }
-        let route = pools
-            .iter()
-            .position(|p| &p.name == raw.route.get_ref())
-            .ok_or_else(|| {
-                cx.err(
-                    raw.route.span(),
-                    format!(
-                        "route names pool {:?}, which is not defined (pools: {})",
-                        raw.route.get_ref(),
-                        pools
-                            .iter()
-                            .map(|p| p.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?;
+        let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
+        for (name, r) in &raw.routes {
+            if names.contains(name) {
+                return Err(cx.err(
+                    r.span(),
+                    format!("route {name:?} has the name of a pool: names must be unique"),
+                ));
+            }
+        }
+        let err = |span: Range<usize>, msg: String| cx.err(span, msg);
+        let route = Resolver::new(&err, &names, &raw.routes).resolve(&raw.route)?;
+        // Named routes nobody uses are still checked.
+        for r in raw.routes.values() {
+            Resolver::new(&err, &names, &raw.routes).resolve(r)?;
+        }
+        let health = match &raw.health {
+            None => None,
+            Some(h) => {
+                let h = h.get_ref();
+                let ms = |v, name, d| -> Result<Duration, ConfigError> {
+                    Ok(Duration::from_millis(
+                        cx.int(v, name, d, 1, 3_600_000)? as u64
+                    ))
+                };
+                let health = Health {
+                    tko_after: cx.int(&h.tko_after, "tko_after", 3, 1, 1_000_000)? as u32,
+                    probe_min: ms(&h.probe_min_ms, "probe_min_ms", 100)?,
+                    probe_max: ms(&h.probe_max_ms, "probe_max_ms", 2000)?,
+                };
+                if health.probe_max < health.probe_min {
+                    let span = h.probe_max_ms.as_ref().map_or(0..0, |s| s.span());
+                    return Err(cx.err(span, "probe_max_ms is smaller than probe_min_ms"));
+                }
+                Some(health)
+            }
+        };
 
         let t = &raw.timeouts;
         let ms = |v, name, d| -> Result<Duration, ConfigError> {
@@ -331,6 +383,7 @@ impl Config {
             workers,
             route,
             pools,
+            health,
             timeouts,
             limits,
             invalidation,
@@ -468,7 +521,7 @@ servers = ["127.0.0.1:11211", "127.0.0.1:11212:2 b"]
         let bad = GOOD.replace("route = \"main\"", "route = \"nope\"");
         let e = Config::parse("r.toml", &bad).unwrap_err();
         assert_eq!(e.line, 3, "{e}");
-        assert!(e.to_string().contains("not defined"), "{e}");
+        assert!(e.to_string().contains("neither a pool nor a route"), "{e}");
 
         let bad = GOOD.replace("127.0.0.1:11212:2 b", "127.0.0.1:x");
         let e = Config::parse("r.toml", &bad).unwrap_err();

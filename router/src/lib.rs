@@ -15,10 +15,12 @@
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod health;
 pub mod invalidation;
 pub mod listener;
 pub mod metrics;
 pub mod protocol;
+pub mod reload;
 pub mod route;
 pub mod stats;
 pub mod worker;

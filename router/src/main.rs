@@ -55,6 +55,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     let plan = Arc::new(Plan::new(config));
     let cfg = &plan.config;
+    let shared = Arc::new(router::stats::Shared::new(plan.clone()));
     // Bind everything before starting, so a busy port is an immediate, clear error.
     let mut per_worker = Vec::new();
     for _ in 0..cfg.workers {
@@ -70,22 +71,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // The invalidation side binds its port and opens its spool before clients are served.
     let _invalidation = router::invalidation::spawn(Arc::new(cfg.clone()))?;
     if let Some(admin) = cfg.admin {
-        router::metrics::start(admin, plan.shared.clone())?;
+        router::metrics::start(admin, shared.clone())?;
     }
     tracing::info!(
         listen = ?cfg.listen,
         admin = ?cfg.admin,
         workers = cfg.workers,
-        pool = %cfg.pools[cfg.route].name,
+        pools = cfg.pools.len(),
         "squeal-router started"
     );
+    // SIGHUP reloads the config (routes, pools, health) without dropping a connection.
+    router::reload::spawn(cli.config.clone(), shared.clone())?;
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut threads = Vec::new();
     for (id, ls) in per_worker.into_iter().enumerate() {
-        let plan = plan.clone();
+        let shared = shared.clone();
+        let open = open.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{id}"))
-                .spawn(move || worker::run(id, plan, ls))?,
+                .spawn(move || worker::run(id, shared, open, ls))?,
         );
     }
     for t in threads {

@@ -44,8 +44,54 @@ fn publish(s: &Shared) {
     metrics::counter!("squeal_router_bytes_written_total")
         .absolute(s.sum(|w| w.bytes_written.get()));
     metrics::gauge!("squeal_router_uptime_seconds").set(s.started.elapsed().as_secs_f64());
-    for sv in &s.servers {
+    for (name, v) in [
+        (
+            "squeal_router_route_failovers_total",
+            s.sum(|w| w.failovers.get()),
+        ),
+        (
+            "squeal_router_route_gutter_sets_total",
+            s.sum(|w| w.gutter_sets.get()),
+        ),
+        (
+            "squeal_router_route_async_failures_total",
+            s.sum(|w| w.async_failures.get()),
+        ),
+        (
+            "squeal_router_route_backfills_total",
+            s.sum(|w| w.backfills.get()),
+        ),
+        (
+            "squeal_router_route_warm_hits_total",
+            s.sum(|w| w.warm_hits.get()),
+        ),
+        (
+            "squeal_router_route_holdoffs_total",
+            s.sum(|w| w.holdoffs.get()),
+        ),
+        (
+            "squeal_router_route_tko_fast_fails_total",
+            s.sum(|w| w.tko_fast_fails.get()),
+        ),
+        (
+            "squeal_router_config_reloads_total",
+            s.reloads.load(Relaxed),
+        ),
+        (
+            "squeal_router_config_reload_failures_total",
+            s.reload_failures.load(Relaxed),
+        ),
+    ] {
+        metrics::counter!(name).absolute(v);
+    }
+    metrics::gauge!("squeal_router_config_generation").set(s.generation.load(Relaxed) as f64);
+    for sv in &s.servers() {
         let labels = [("pool", sv.pool.clone()), ("server", sv.addr.clone())];
+        // 1 while the server is marked down (TKO) and fails fast.
+        metrics::gauge!("squeal_router_server_tko", &labels)
+            .set(f64::from(u8::from(sv.tko.load(Relaxed))));
+        metrics::counter!("squeal_router_server_tko_marks_total", &labels)
+            .absolute(sv.tko_marks.load(Relaxed));
         metrics::gauge!("squeal_router_server_connections_up", &labels)
             .set(sv.up.load(Relaxed) as f64);
         metrics::counter!("squeal_router_server_errors_total", &labels)

@@ -2,32 +2,46 @@
 //! its listening sockets, its client connections, and its own backend connections to every
 //! server. A request is parsed, routed, written to a backend and answered on one thread,
 //! with no lock, channel or cross-thread wake-up on the way.
+//!
+//! Live reload: `main` publishes a new [`Plan`] in [`Shared`]; each worker compares the
+//! plan generation with its own before routing a request (one relaxed load) and, when it
+//! changed, builds the new route tree on its own thread. Client connections stay open;
+//! requests already in flight finish on the old tree; backend connections to servers that
+//! are still configured (same pool, same address) are kept, new ones are opened, and those
+//! no longer used are closed after a grace period that outlasts any request sent on them.
 
-use std::net::SocketAddr;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{BackendConn, Timeouts};
 use crate::client::ClientCtx;
 use crate::config::Config;
-use crate::protocol::Limits;
+use crate::health::Watch;
+use crate::protocol::{Limits, Request};
 use crate::route::pool::{Placement, PoolRoute};
-use crate::route::Route;
+use crate::route::{tree, Completion, Route, RouteRef};
 use crate::stats::{ServerStats, Shared, WorkerStats};
 
-/// What a worker needs to start; built once by `main` and shared read-only.
+/// What workers run: a validated config with its placements and per-server stats. Built
+/// by `main` at start and on every reload, shared read-only.
 pub struct Plan {
     pub config: Config,
     pub placements: Vec<Arc<Placement>>,
     /// Per pool, per server.
     pub servers: Vec<Vec<Arc<ServerStats>>>,
-    pub shared: Arc<Shared>,
-    pub open_connections: Arc<AtomicUsize>,
 }
 
 impl Plan {
     pub fn new(config: Config) -> Plan {
+        Plan::next(config, None)
+    }
+
+    /// A plan for `config` that keeps the stats (and health) of every server `previous`
+    /// has in the same pool.
+    pub fn next(config: Config, previous: Option<&Plan>) -> Plan {
         let placements = config
             .pools
             .iter()
@@ -40,48 +54,73 @@ impl Plan {
                 Arc::new(Placement::new(p.hash, &p.distribution, &names))
             })
             .collect();
+        let old = |pool: &str, addr: &str| {
+            previous.and_then(|prev| {
+                prev.servers
+                    .iter()
+                    .flatten()
+                    .find(|s| s.pool == pool && s.addr == addr)
+                    .cloned()
+            })
+        };
         let servers: Vec<Vec<Arc<ServerStats>>> = config
             .pools
             .iter()
             .map(|p| {
                 p.servers
                     .iter()
-                    .map(|s| Arc::new(ServerStats::new(&p.name, &s.label)))
+                    .map(|s| {
+                        old(&p.name, &s.label)
+                            .unwrap_or_else(|| Arc::new(ServerStats::new(&p.name, &s.label)))
+                    })
                     .collect()
             })
             .collect();
-        let workers = (0..config.workers)
-            .map(|_| Arc::new(WorkerStats::default()))
-            .collect();
-        let shared = Arc::new(Shared {
-            started: std::time::Instant::now(),
-            workers,
-            servers: servers.iter().flatten().cloned().collect(),
-            threads: config.workers,
-        });
         Plan {
             config,
             placements,
             servers,
-            shared,
-            open_connections: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
 
-/// Runs worker `id` on the calling thread, forever.
-pub fn run(
-    id: usize,
-    plan: Arc<Plan>,
-    listeners: Vec<std::net::TcpListener>,
-) -> std::io::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+/// One backend connection of a worker: pool, server label, connection index.
+type ConnKey = (String, String, usize);
+
+struct Backend {
+    conn: Rc<BackendConn>,
+    task: tokio::task::AbortHandle,
+    server: Arc<ServerStats>,
+    addr: std::net::SocketAddr,
+}
+
+/// The worker's route: the current tree, rebuilt when a new plan is published.
+struct LiveRoute {
+    shared: Arc<Shared>,
+    stats: Arc<WorkerStats>,
+    generation: Cell<u64>,
+    tree: RefCell<RouteRef>,
+    backends: RefCell<HashMap<ConnKey, Backend>>,
+}
+
+impl LiveRoute {
+    fn new(shared: Arc<Shared>, stats: Arc<WorkerStats>) -> LiveRoute {
+        let live = LiveRoute {
+            shared,
+            stats,
+            generation: Cell::new(0),
+            tree: RefCell::new(Rc::new(Nothing)),
+            backends: RefCell::new(HashMap::new()),
+        };
+        live.rebuild();
+        live
+    }
+
+    /// Builds the tree of the current plan on this thread.
+    fn rebuild(&self) {
+        let generation = self.shared.generation.load(Ordering::Acquire);
+        let plan = self.shared.plan();
         let cfg = &plan.config;
-        let stats = plan.shared.workers[id].clone();
         let timeouts = Timeouts {
             connect: cfg.timeouts.connect,
             read: cfg.timeouts.read,
@@ -89,28 +128,121 @@ pub fn run(
             backoff_max: cfg.timeouts.backoff_max,
             max_queue: cfg.limits.max_backend_queue,
         };
-        let pool = &cfg.pools[cfg.route];
-        let mut conns = Vec::new();
-        for (si, server) in pool.servers.iter().enumerate() {
-            let per_server: Vec<Rc<BackendConn>> = (0..pool.connections)
-                .map(|_| {
-                    let c = BackendConn::new(
-                        plan.servers[cfg.route][si].clone(),
-                        stats.clone(),
-                        timeouts.max_queue,
-                    );
-                    spawn_backend(c.clone(), server.addr, timeouts);
-                    c
-                })
-                .collect();
-            conns.push(per_server);
+        let mut used = Vec::new();
+        cfg.route.pools(&mut used);
+        let mut old = self.backends.take();
+        let mut backends = HashMap::new();
+        let mut pools: Vec<Option<RouteRef>> = vec![None; cfg.pools.len()];
+        for &pi in &used {
+            let pool = &cfg.pools[pi];
+            let mut conns = Vec::new();
+            let mut watches = Vec::new();
+            for (si, server) in pool.servers.iter().enumerate() {
+                let stats = plan.servers[pi][si].clone();
+                let mut per_server = Vec::new();
+                for c in 0..pool.connections {
+                    let key = (pool.name.clone(), server.label.clone(), c);
+                    let b = match old.remove(&key) {
+                        Some(b) if b.addr == server.addr && Arc::ptr_eq(&b.server, &stats) => b,
+                        other => {
+                            if let Some(b) = other {
+                                retire(b, &timeouts);
+                            }
+                            let conn = BackendConn::new(
+                                stats.clone(),
+                                self.stats.clone(),
+                                timeouts.max_queue,
+                            );
+                            let task =
+                                tokio::task::spawn_local(conn.clone().run(server.addr, timeouts))
+                                    .abort_handle();
+                            Backend {
+                                conn,
+                                task,
+                                server: stats.clone(),
+                                addr: server.addr,
+                            }
+                        }
+                    };
+                    per_server.push(b.conn.clone());
+                    backends.insert(key, b);
+                }
+                conns.push(per_server);
+                if let Some(h) = cfg.health {
+                    watches.push(Rc::new(Watch::new(
+                        stats,
+                        h,
+                        server.addr,
+                        cfg.timeouts.connect,
+                        cfg.timeouts.read,
+                    )));
+                }
+            }
+            let route = PoolRoute::new(plan.placements[pi].clone(), conns)
+                .with_health(watches, self.stats.clone());
+            pools[pi] = Some(Rc::new(route));
         }
-        let route: Rc<dyn Route> =
-            Rc::new(PoolRoute::new(plan.placements[cfg.route].clone(), conns));
+        for (_, b) in old.drain() {
+            retire(b, &timeouts);
+        }
+        *self.backends.borrow_mut() = backends;
+        *self.tree.borrow_mut() = tree::build(&cfg.route, &pools, &self.stats);
+        self.generation.set(generation);
+    }
+}
+
+/// Closes a backend connection the new tree no longer uses, once nothing can be waiting
+/// on it: requests queued before the swap have had their reply or their timeout by then.
+fn retire(b: Backend, t: &Timeouts) {
+    let grace = (t.connect + t.read) * 2 + std::time::Duration::from_secs(1);
+    tokio::task::spawn_local(async move {
+        tokio::time::sleep(grace).await;
+        b.task.abort();
+        b.server.conns.fetch_sub(1, Ordering::Relaxed);
+        drop(b.conn);
+    });
+}
+
+impl Route for LiveRoute {
+    #[inline]
+    fn route(&self, req: Request, done: Completion) {
+        if self.shared.generation.load(Ordering::Relaxed) != self.generation.get() {
+            self.rebuild();
+        }
+        self.tree.borrow().route(req, done)
+    }
+}
+
+/// The tree before the first build.
+struct Nothing;
+
+impl Route for Nothing {
+    fn route(&self, _req: Request, done: Completion) {
+        done.complete(crate::route::Reply::error("no route"))
+    }
+}
+
+/// Runs worker `id` on the calling thread, forever.
+pub fn run(
+    id: usize,
+    shared: Arc<Shared>,
+    open_connections: Arc<AtomicUsize>,
+    listeners: Vec<std::net::TcpListener>,
+) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let plan = shared.plan();
+        // Listening, workers and client limits are fixed at start (not reloaded).
+        let cfg = &plan.config;
+        let stats = shared.workers[id].clone();
+        let route = Rc::new(LiveRoute::new(shared.clone(), stats.clone()));
         let ctx = Rc::new(ClientCtx {
             route,
             stats,
-            shared: plan.shared.clone(),
+            shared: shared.clone(),
             limits: Limits {
                 max_value: cfg.limits.max_item_size,
                 ..Limits::default()
@@ -123,7 +255,7 @@ pub fn run(
             accepts.push(tokio::task::spawn_local(crate::listener::accept_loop(
                 l,
                 ctx.clone(),
-                plan.open_connections.clone(),
+                open_connections.clone(),
                 cfg.limits.max_connections,
             )));
         }
@@ -132,8 +264,4 @@ pub fn run(
         }
     });
     Ok(())
-}
-
-fn spawn_backend(conn: Rc<BackendConn>, addr: SocketAddr, t: Timeouts) {
-    tokio::task::spawn_local(conn.run(addr, t));
 }

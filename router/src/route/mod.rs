@@ -10,8 +10,16 @@
 //!
 //! Everything here lives on one worker thread, hence `Rc` and `RefCell`.
 
+pub mod failover;
+pub mod fanout;
 pub mod hash;
+pub mod msl1;
 pub mod pool;
+pub mod select;
+pub mod spec;
+pub mod tree;
+pub mod warmup;
+pub mod wire;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -19,15 +27,19 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use crate::client::Slot;
-use crate::protocol::{reply::value_blocks, Request};
+use crate::health::Watch;
+use crate::protocol::{reply::value_blocks, MultiGetRequest, Request};
 
 pub use pool::PoolRoute;
 
-/// Something that serves requests: a pool today, a tree of routes later.
+/// Something that serves requests: a pool, or a tree of routes over pools.
 pub trait Route {
     /// Starts `req`. `done` must be completed exactly once.
     fn route(&self, req: Request, done: Completion);
 }
+
+/// A route as composite routes hold their children (and capture them in completions).
+pub type RouteRef = Rc<dyn Route>;
 
 /// A reply on its way back.
 #[derive(Debug, Clone)]
@@ -61,6 +73,10 @@ pub enum Completion {
     Gather(Rc<Gather>),
     /// Anything else: composite routes use this to look at a reply before passing it on.
     Then(Box<dyn FnOnce(Reply)>),
+    /// Into the client's queue, after telling the server's health watch how it went.
+    Checked(Slot, Rc<Watch>),
+    /// Nowhere: a background send (fan-out, backfill) whose failures are only counted.
+    Background(std::sync::Arc<crate::stats::WorkerStats>),
 }
 
 impl Completion {
@@ -70,7 +86,101 @@ impl Completion {
             Completion::Part(merge, part) => merge.part_done(part, reply),
             Completion::Gather(g) => g.done(reply),
             Completion::Then(f) => f(reply),
+            Completion::Checked(slot, watch) => {
+                watch.observe(&reply);
+                slot.fill(reply)
+            }
+            Completion::Background(stats) => {
+                if reply.is_error() || wire::badness(&reply) >= 2 {
+                    stats.async_failures.add(1);
+                }
+            }
         }
+    }
+
+    /// A completion that runs `f` with the reply.
+    pub fn then(f: impl FnOnce(Reply) + 'static) -> Completion {
+        Completion::Then(Box::new(f))
+    }
+
+    /// This completion, after `watch` has seen the reply.
+    pub fn watched(self, watch: &Rc<Watch>) -> Completion {
+        match self {
+            Completion::Client(slot) => Completion::Checked(slot, watch.clone()),
+            // Nothing to report from a background send: still worth counting.
+            other => {
+                let watch = watch.clone();
+                Completion::then(move |r| {
+                    watch.observe(&r);
+                    other.complete(r)
+                })
+            }
+        }
+    }
+}
+
+/// Splits a multi-get by `pick(key)` (a child index), sends each share to `send` and
+/// merges the replies back in the client's order. One share: the request as it is.
+pub fn split_multi_get(
+    req: MultiGetRequest,
+    pick: impl Fn(&[u8]) -> usize,
+    mut send: impl FnMut(usize, Request, Completion),
+    done: Completion,
+) {
+    let targets: Vec<usize> = req.keys.iter().map(|k| pick(k)).collect();
+    let first = targets.first().copied().unwrap_or(0);
+    if targets.iter().all(|&t| t == first) {
+        return send(first, Request::MultiGet(req), done);
+    }
+    let mut order: Vec<usize> = Vec::new();
+    let mut parts: Vec<Vec<u32>> = Vec::new();
+    for (pos, &t) in targets.iter().enumerate() {
+        match order.iter().position(|&s| s == t) {
+            Some(p) => parts[p].push(pos as u32),
+            None => {
+                order.push(t);
+                parts.push(vec![pos as u32]);
+            }
+        }
+    }
+    let head = MultiGetRequest {
+        cmd: req.cmd,
+        head: req.head.clone(),
+        keys: Vec::new(),
+        line: Bytes::new(),
+    };
+    let merge = MergeGet::new(req.keys, parts, done);
+    for (part, &child) in order.iter().enumerate() {
+        let keys: Vec<Bytes> = merge
+            .part_keys(part)
+            .iter()
+            .map(|&p| merge.keys()[p as usize].clone())
+            .collect();
+        send(
+            child,
+            wire::sub_multi_get(&head, keys),
+            Completion::Part(merge.clone(), part),
+        );
+    }
+}
+
+/// Splits a multi-get into one-key gets, each sent to `send`, merged back in order. For
+/// routes whose logic is per key (miss-failover, warm-up, master-slave-l1, failover).
+pub fn per_key(req: MultiGetRequest, mut send: impl FnMut(Request, Completion), done: Completion) {
+    let parts: Vec<Vec<u32>> = (0..req.keys.len() as u32).map(|i| vec![i]).collect();
+    let head = MultiGetRequest {
+        cmd: req.cmd,
+        head: req.head.clone(),
+        keys: Vec::new(),
+        line: Bytes::new(),
+    };
+    let merge = MergeGet::new(req.keys, parts, done);
+    for part in 0..merge.keys().len() {
+        let key = merge.keys()[part].clone();
+        send(
+            wire::single_get(&head, &key),
+            Completion::Part(merge.clone(), part),
+        );
     }
 }
 
@@ -104,6 +214,11 @@ impl MergeGet {
     }
 
     fn part_done(&self, part: usize, reply: Reply) {
+        // A share answered by a composite route may come in pieces.
+        let reply = match reply {
+            Reply::Chunks(c) => Reply::Data(Bytes::from(c.concat())),
+            other => other,
+        };
         // A failed server's keys are misses: the rest of the multi-get still answers.
         if let Reply::Data(data) = reply {
             let mut found = self.found.borrow_mut();

@@ -9,7 +9,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::hash::{ketama::Continuum, HashFn};
 use super::{Completion, Gather, MergeGet, Reply, Route};
 use crate::backend::BackendConn;
+use crate::health::Watch;
 use crate::protocol::{Frame, KeyedRequest, MultiGetRequest, Request};
+use crate::stats::WorkerStats;
 
 /// How keys spread over servers (twemproxy's `distribution:`).
 #[derive(Debug, Clone)]
@@ -62,11 +64,45 @@ pub struct PoolRoute {
     placement: Arc<Placement>,
     /// Per server, this worker's connections to it.
     servers: Vec<Vec<Rc<BackendConn>>>,
+    /// Per server, its health watch (empty: no health checking).
+    health: Vec<Rc<Watch>>,
+    stats: Option<Arc<WorkerStats>>,
 }
 
 impl PoolRoute {
     pub fn new(placement: Arc<Placement>, servers: Vec<Vec<Rc<BackendConn>>>) -> PoolRoute {
-        PoolRoute { placement, servers }
+        PoolRoute {
+            placement,
+            servers,
+            health: Vec::new(),
+            stats: None,
+        }
+    }
+
+    /// With health checking: a server marked down (TKO) fails at once.
+    pub fn with_health(mut self, health: Vec<Rc<Watch>>, stats: Arc<WorkerStats>) -> PoolRoute {
+        if health.len() == self.servers.len() {
+            self.health = health;
+            self.stats = Some(stats);
+        }
+        self
+    }
+
+    /// The completion to use for a request to `server`, or `None` after failing it fast.
+    #[inline]
+    fn checked(&self, server: usize, done: Completion) -> Option<Completion> {
+        let Some(watch) = self.health.get(server) else {
+            return Some(done);
+        };
+        if watch.is_down() {
+            if let Some(s) = &self.stats {
+                s.tko_fast_fails.add(1);
+                s.backend_errors.add(1);
+            }
+            done.complete(Reply::error("server marked down (TKO)"));
+            return None;
+        }
+        Some(done.watched(watch))
     }
 
     /// The connection for a key on a server. One key always uses the same connection, so
@@ -82,6 +118,9 @@ impl PoolRoute {
 
     fn keyed(&self, req: KeyedRequest, done: Completion) {
         let server = self.placement.server_for(&req.key);
+        let Some(done) = self.checked(server, done) else {
+            return;
+        };
         self.conn(server, &req.key)
             .send(req.wire, req.wire2, req.frame, req.nkeys, done);
     }
@@ -95,6 +134,9 @@ impl PoolRoute {
         let first = targets[0];
         if targets.iter().all(|&t| t == first) {
             let nkeys = req.keys.len().min(u16::MAX as usize) as u16;
+            let Some(done) = self.checked(first, done) else {
+                return;
+            };
             self.conn(first, &req.keys[0])
                 .send(req.line, Bytes::new(), Frame::Values, nkeys, done);
             return;
@@ -123,12 +165,15 @@ impl PoolRoute {
             line.extend_from_slice(b"\r\n");
             let first_key = merge.keys()[positions[0] as usize].clone();
             let nkeys = positions.len().min(u16::MAX as usize) as u16;
+            let Some(done) = self.checked(server, Completion::Part(merge.clone(), part)) else {
+                continue;
+            };
             self.conn(server, &first_key).send(
                 line.freeze(),
                 Bytes::new(),
                 Frame::Values,
                 nkeys,
-                Completion::Part(merge.clone(), part),
+                done,
             );
         }
     }

@@ -1,0 +1,75 @@
+//! Live reload: on SIGHUP the config file is read and validated again. A valid config is
+//! published as a new [`Plan`]; workers switch to it between requests (see
+//! [`crate::worker`]), keeping every client connection. An invalid one is refused with a
+//! log line naming `file:line:column`, counted (`config_reload_failures`), and the running
+//! config keeps serving.
+//!
+//! What a reload changes: pools, the route tree (`route`, `[routes]`), `[health]`, and
+//! timeouts of new backend connections. What needs a restart (a change is logged and
+//! ignored): `listen`, `workers`, `admin`, `[limits]`, `[invalidation]`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::config::Config;
+use crate::stats::Shared;
+use crate::worker::Plan;
+
+/// Installs the SIGHUP handler (before returning, so an early SIGHUP cannot kill the
+/// process) and serves reloads on a thread of its own.
+pub fn spawn(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut hup = rt.block_on(async { signal(SignalKind::hangup()) })?;
+    std::thread::Builder::new()
+        .name("reload".into())
+        .spawn(move || {
+            rt.block_on(async move {
+                while hup.recv().await.is_some() {
+                    reload(&path, &shared);
+                }
+            })
+        })?;
+    Ok(())
+}
+
+/// Reads, validates and publishes the config at `path`; returns whether it was taken.
+pub fn reload(path: &std::path::Path, shared: &Shared) -> bool {
+    let new = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            shared.reload_failures.fetch_add(1, Relaxed);
+            tracing::error!("config reload rejected, the running config stays: {e}");
+            return false;
+        }
+    };
+    let old = shared.plan();
+    let o = &old.config;
+    for (name, changed) in [
+        ("listen", o.listen != new.listen),
+        ("workers", o.workers != new.workers),
+        ("admin", o.admin != new.admin),
+        ("limits", o.limits != new.limits),
+        (
+            "invalidation",
+            format!("{:?}", o.invalidation) != format!("{:?}", new.invalidation),
+        ),
+    ] {
+        if changed {
+            tracing::warn!("config reload: `{name}` changed; it takes effect after a restart");
+        }
+    }
+    let plan = Arc::new(Plan::next(new, Some(&old)));
+    shared.publish(plan);
+    shared.reloads.fetch_add(1, Relaxed);
+    tracing::info!(
+        generation = shared.generation.load(Relaxed),
+        "config reloaded from {}",
+        path.display()
+    );
+    true
+}
