@@ -74,7 +74,10 @@ default = "main"
     let mut r = mc(&regional);
     assert_eq!(m.get("user:1").unwrap().as_deref(), Some(&b"user:1"[..]));
     assert_eq!(r.get("user:1").unwrap(), None);
-    assert_eq!(r.get("r_user:1").unwrap().as_deref(), Some(&b"r_user:1"[..]));
+    assert_eq!(
+        r.get("r_user:1").unwrap().as_deref(),
+        Some(&b"r_user:1"[..])
+    );
     assert_eq!(m.get("r_user:1").unwrap(), None);
     assert_eq!(r.get("big:1").unwrap().as_deref(), Some(&b"big:1"[..]));
     // The longer prefix beats `big:`.
@@ -298,10 +301,18 @@ fn killed_server_fails_over_to_gutter_with_short_ttl_and_comes_back() {
         }
     }
     let failed_over_after = failed_over_after.expect("sets reached the gutter");
-    eprintln!("failover: first set in the gutter {failed_over_after:?} after the kill; {errors} errors");
+    eprintln!(
+        "failover: first set in the gutter {failed_over_after:?} after the kill; {errors} errors"
+    );
     // Refused connections fail at once; at worst one read timeout.
-    assert!(failed_over_after < Duration::from_millis(300), "{failed_over_after:?}");
-    assert_eq!(errors, 0, "no request failed: every one went to main or the gutter");
+    assert!(
+        failed_over_after < Duration::from_millis(300),
+        "{failed_over_after:?}"
+    );
+    assert_eq!(
+        errors, 0,
+        "no request failed: every one went to main or the gutter"
+    );
     // Gutter items live at most gutter_ttl seconds (the client asked for no expiry).
     let (ttl, _) = ttl_and_value(&gutter, "load:599").unwrap();
     assert!((1..=5).contains(&ttl), "gutter ttl {ttl}");
@@ -323,10 +334,16 @@ fn killed_server_fails_over_to_gutter_with_short_ttl_and_comes_back() {
             break;
         }
         i += 1;
-        assert!(back.elapsed() < Duration::from_secs(5), "main never came back");
+        assert!(
+            back.elapsed() < Duration::from_secs(5),
+            "main never came back"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("failback: main serves again {:?} after its restart", back.elapsed());
+    eprintln!(
+        "failback: main serves again {:?} after its restart",
+        back.elapsed()
+    );
     let (ttl, _) = ttl_and_value(&main, &format!("after:{i}")).unwrap();
     assert_eq!(ttl, -1, "main keeps the client's TTL");
     wait_for(
@@ -419,7 +436,10 @@ fn route_config_errors_name_the_line() {
         let text = format!("{head}{tail}{pools}");
         let (ok, err) = Router::check(&text).unwrap();
         assert!(!ok, "accepted:\n{text}");
-        assert!(err.contains(&format!("router.toml:{line}:")), "{err}\n{text}");
+        assert!(
+            err.contains(&format!("router.toml:{line}:")),
+            "{err}\n{text}"
+        );
         assert!(err.contains(msg), "{err}\n{text}");
     }
     // And a good tree passes.
