@@ -408,11 +408,11 @@ fn route_config_errors_name_the_line() {
     let head = "listen = [\"127.0.0.1:1\"]\n";
     let pools = "[pools.main]\nservers = [\"127.0.0.1:11211\"]\n";
     let cases = [
-        ("route = \"nope\"\n", 2, "neither a pool nor a route"),
+        ("route = \"nope\"\n", 2, "not defined as a pool or a route"),
         (
             "[route]\ntype = \"prefix\"\ndefault = \"main\"\nprefixes = { \"a:\" = \"missing\" }\n",
             5,
-            "\"missing\" is neither",
+            "\"missing\" is not defined",
         ),
         ("[route]\ntype = \"teleport\"\n", 3, "unknown route type"),
         (

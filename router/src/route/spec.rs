@@ -217,7 +217,7 @@ impl<'a> Resolver<'a> {
             return Err((self.err)(
                 span,
                 format!(
-                    "{name:?} is neither a pool nor a route (pools: {}; routes: {})",
+                    "{name:?} is not defined as a pool or a route (pools: {}; routes: {})",
                     self.pools.join(", "),
                     if routes.is_empty() {
                         "none".to_string()
