@@ -431,7 +431,12 @@ mod delivery_sink_tests {
         )
         .unwrap();
         match router {
-            SinkConfig::Router { endpoints, auth, window, .. } => {
+            SinkConfig::Router {
+                endpoints,
+                auth,
+                window,
+                ..
+            } => {
                 assert_eq!(endpoints, ["127.0.0.1:7000"]);
                 assert_eq!(auth.source, "db1");
                 assert_eq!(auth.marker_prefix, "r_");
