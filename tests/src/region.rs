@@ -100,7 +100,9 @@ impl Region {
             let inv = crate::free_port();
             let spool = dir.path().join(format!("spool-{i}"));
             let cfg = format!(
-                "workers = 2\nroute = \"c{i}\"\n{pools}\
+                "workers = 2\n\
+                 route = {{ type = \"prefix\", default = \"c{i}\", prefixes = {{ \"r_\" = \"regional\" }} }}\n\
+                 {pools}\
                  [invalidation]\nlisten = \"127.0.0.1:{inv}\"\nsecret = \"{SECRET}\"\n\
                  clusters = [{}]\nmarker_pools = [\"regional\"]\nspool_dir = {:?}\n\
                  timeout_ms = 500\n{}\n",
