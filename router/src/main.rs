@@ -8,6 +8,9 @@ use clap::Parser;
 use router::config::Config;
 use router::worker::{self, Plan};
 
+/// Where `/metrics` is served when the config names no `admin` address: loopback only.
+const DEFAULT_ADMIN_PORT: u16 = 9150;
+
 /// Regional memcache router: speaks memcached's text and meta protocols to clients, routes
 /// over pools of memcached servers, and applies squeal's invalidation batches.
 #[derive(Debug, Parser)]
@@ -70,8 +73,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // The invalidation side binds its port and opens its spool before clients are served.
     let _invalidation = router::invalidation::spawn(Arc::new(cfg.clone()))?;
-    if let Some(admin) = cfg.admin {
-        router::metrics::start(admin, shared.clone())?;
+    match cfg.admin {
+        Some(admin) => router::metrics::start(admin, shared.clone())?,
+        // Unconfigured: the default loopback port, if it is free (several routers on one
+        // host each need their own `admin` to be scraped).
+        None => {
+            let admin = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT));
+            if let Err(e) = router::metrics::start(admin, shared.clone()) {
+                tracing::warn!("metrics not served: {e:#}");
+            }
+        }
     }
     tracing::info!(
         listen = ?cfg.listen,
