@@ -20,13 +20,18 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use crate::source::process::Stats;
 
+/// Fine at the low end, where the idle-vs-loaded difference shows.
+const KEYS_PER_PACKET_BUCKETS: [f64; 36] = [
+    1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0, 15.0, 16.0, 20.0,
+    24.0, 28.0, 32.0, 40.0, 48.0, 56.0, 64.0, 80.0, 96.0, 128.0, 160.0, 192.0, 256.0, 384.0, 512.0,
+    768.0, 1024.0, 1536.0, 2048.0,
+];
+
 pub fn install(listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut b = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Full("squeal_keys_per_packet".into()),
-            &[
-                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-            ],
+            &KEYS_PER_PACKET_BUCKETS,
         )?
         .set_buckets_for_metric(
             Matcher::Suffix("_seconds".into()),

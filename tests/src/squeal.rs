@@ -16,6 +16,7 @@ pub struct Squeal {
     pub server: Server,
     pub config: PathBuf,
     pub metrics_port: u16,
+    bin: PathBuf,
 }
 
 impl Squeal {
@@ -28,11 +29,16 @@ impl Squeal {
 
     /// Like [`Squeal::start`], reusing a directory (its checkpoint survives a restart).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Result<Squeal> {
+        Squeal::start_bin(crate::project::bin("squeal"), dir, config)
+    }
+
+    /// Like [`Squeal::start_in`] with an explicit binary (benchmarks run the release build).
+    pub fn start_bin(bin: PathBuf, dir: tempfile::TempDir, config: &str) -> Result<Squeal> {
         let metrics_port = free_port();
         let text = format!("{config}\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n");
         let path = dir.path().join("squeal.toml");
         std::fs::write(&path, text)?;
-        let mut cmd = Command::new(crate::project::bin("squeal"));
+        let mut cmd = Command::new(&bin);
         cmd.arg("--config").arg(&path);
         cmd.env(
             "RUST_LOG",
@@ -49,6 +55,7 @@ impl Squeal {
             server,
             config: path,
             metrics_port,
+            bin,
         };
         s.wait_up(Duration::from_secs(20))?;
         Ok(s)
@@ -56,7 +63,7 @@ impl Squeal {
 
     /// Restarts a killed squeal with the same config (and checkpoint).
     pub fn restart(&mut self) -> Result<()> {
-        let mut cmd = Command::new(crate::project::bin("squeal"));
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("--config").arg(&self.config);
         cmd.env(
             "RUST_LOG",
