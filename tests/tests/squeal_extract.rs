@@ -8,6 +8,19 @@ use harness::mariadb::MariaDbOptions;
 use harness::squeal::{config, Squeal};
 use harness::{MariaDb, McClient, Memcached};
 
+/// Starts MariaDB, retrying: `mariadb-install-db` occasionally fails when several servers
+/// are installed at once on a loaded machine (a temp-table race in its bootstrap).
+async fn start_db(opts: MariaDbOptions) -> Result<MariaDb> {
+    let mut last = None;
+    for _ in 0..3 {
+        match MariaDb::start_with(opts.clone()).await {
+            Ok(db) => return Ok(db),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried"))
+}
+
 struct Env {
     db: MariaDb,
     mc: Memcached,
@@ -16,7 +29,7 @@ struct Env {
 }
 
 async fn env(extra: &str, db_args: &[&str]) -> Result<Env> {
-    let db = MariaDb::start_with(MariaDbOptions {
+    let db = start_db(MariaDbOptions {
         server_id: 1,
         extra_args: db_args.iter().map(|s| s.to_string()).collect(),
     })
@@ -265,7 +278,7 @@ async fn schema_changes_with_minimal_metadata() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_statement_format() -> Result<()> {
-    let db = MariaDb::start_with(MariaDbOptions {
+    let db = start_db(MariaDbOptions {
         server_id: 1,
         extra_args: vec!["--binlog-format=STATEMENT".into()],
     })
@@ -282,5 +295,26 @@ async fn refuses_statement_format() -> Result<()> {
         Err(e) => format!("{e:#}"),
     };
     assert!(err.contains("binlog_format is STATEMENT"), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_sink_prints_keys() -> Result<()> {
+    let extra = format!("{RULES}\n[[sink]]\ntype = \"debug\"\n");
+    let e = env(&extra, &[]).await?;
+    e.db.exec("INSERT INTO app.users VALUES (11, 'k@x', 'K')")
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = std::fs::read_to_string(&e.squeal.server.log)?;
+        if log.contains("delete user:11\n") && log.contains("delete user_by_email:k@x\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "debug sink printed nothing:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     Ok(())
 }

@@ -10,6 +10,19 @@ use harness::squeal::{config, read_checkpoint, Squeal};
 use harness::{MariaDb, McClient, Memcached};
 use mysql_async::prelude::*;
 
+/// Starts MariaDB, retrying: `mariadb-install-db` occasionally fails when several servers
+/// are installed at once on a loaded machine (a temp-table race in its bootstrap).
+async fn start_db(opts: MariaDbOptions) -> Result<MariaDb> {
+    let mut last = None;
+    for _ in 0..3 {
+        match MariaDb::start_with(opts.clone()).await {
+            Ok(db) => return Ok(db),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried"))
+}
+
 const RULE: &str = r#"
 [[extract.rule]]
 database = "app"
@@ -18,7 +31,7 @@ keys = ["item:{id}", "item_group:{grp}"]
 "#;
 
 async fn db() -> Result<MariaDb> {
-    let db = MariaDb::start_with(MariaDbOptions {
+    let db = start_db(MariaDbOptions {
         server_id: 1,
         extra_args: vec![
             "--innodb-flush-log-at-trx-commit=2".into(),
@@ -188,6 +201,99 @@ async fn mariadb_restart_midstream_loses_nothing() -> Result<()> {
         left,
         0,
         "keys of committed transactions still cached; log:\n{}",
+        squeal.server.log_tail()
+    );
+    Ok(())
+}
+
+/// A quiet server is not mistaken for a dead one (heartbeats), and lag reads 0 when idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_server_stays_connected() -> Result<()> {
+    let db = db().await?;
+    let mc = Memcached::start()?;
+    let dir = tempfile::tempdir()?;
+    let cfg = config(
+        &db.url(),
+        &[mc.addr()],
+        &dir.path().join("checkpoint.toml"),
+        RULE,
+    );
+    let squeal = Squeal::start(&cfg)?;
+    // heartbeat_ms = 500: dead after 3 missed heartbeats + 1 s = 2.5 s of silence.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        squeal.metric("squeal_reconnects_total").unwrap_or(0.0),
+        0.0,
+        "{}",
+        squeal.server.log_tail()
+    );
+    assert_eq!(squeal.metric("squeal_up"), Some(1.0));
+    assert_eq!(squeal.metric("squeal_lag_bytes"), Some(0.0));
+    preset(&mc, 1)?;
+    let mut conn = db.conn().await?;
+    commit(&mut conn, 0).await?;
+    assert_eq!(remaining(&mc, &[0], Duration::from_secs(10))?, 0);
+    Ok(())
+}
+
+/// The binlog at the checkpoint is purged while squeal is down: by default it stops with a
+/// clear error; with `on_missing_binlog = "flush"` it flushes the cache and goes on from the
+/// current position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purged_binlog_fails_clearly_or_flushes() -> Result<()> {
+    let db = db().await?;
+    let mc = Memcached::start()?;
+    let dir = tempfile::tempdir()?;
+    let cp = dir.path().join("checkpoint.toml");
+    let mut squeal = Squeal::start(&config(&db.url(), &[mc.addr()], &cp, RULE))?;
+    preset(&mc, 1)?;
+    let mut conn = db.conn().await?;
+    commit(&mut conn, 0).await?;
+    assert_eq!(remaining(&mc, &[0], Duration::from_secs(10))?, 0);
+    squeal.wait_metric(
+        "squeal_checkpoint_writes_total",
+        1.0,
+        Duration::from_secs(10),
+    )?;
+    squeal.server.terminate(Duration::from_secs(10));
+    let (file, _) = read_checkpoint(&cp)?.expect("checkpoint written");
+    // MariaDB purges a file only once its binlog checkpoint moved past it: retry.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        conn.query_drop("FLUSH BINARY LOGS").await?;
+        let (newest, _) = db.binlog_position().await?;
+        conn.query_drop(format!("PURGE BINARY LOGS TO '{newest}'"))
+            .await?;
+        let logs: Vec<(String, u64)> = conn.query("SHOW BINARY LOGS").await?;
+        let logs: Vec<String> = logs.into_iter().map(|(f, _)| f).collect();
+        if !logs.contains(&file) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{file} never purged: {logs:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let err = match Squeal::start(&config(&db.url(), &[mc.addr()], &cp, RULE)) {
+        Ok(_) => panic!("squeal started although {file} is purged"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("no longer has") && err.contains(&file),
+        "{err}"
+    );
+
+    let mut c = McClient::connect(&mc.addr())?;
+    c.set("unrelated", b"v")?;
+    let flush = format!("on_missing_binlog = \"flush\"\n{RULE}");
+    let squeal = Squeal::start(&config(&db.url(), &[mc.addr()], &cp, &flush))?;
+    assert_eq!(c.get("unrelated")?, None, "flush_all was not sent");
+    // And it goes on from the current position.
+    preset(&mc, 2)?;
+    commit(&mut conn, 1).await?;
+    assert_eq!(
+        remaining(&mc, &[1], Duration::from_secs(10))?,
+        0,
+        "{}",
         squeal.server.log_tail()
     );
     Ok(())

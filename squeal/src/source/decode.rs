@@ -194,12 +194,6 @@ impl ColSpec {
     }
 }
 
-/// One row image: the columns present, their NULL bits, and where each present column's
-/// bytes are. `values[i]` is the payload slice of column `i`, `None` if absent or NULL.
-pub struct Image<'a> {
-    pub values: &'a [Option<(usize, usize)>],
-}
-
 /// Reads one image starting at `*pos` in `data`, filling `slots` (one per column) with
 /// `(start, end)` payload ranges. `present` is the columns-present bitmap.
 pub fn read_image(
@@ -449,7 +443,7 @@ mod tests {
     fn decimal_through_mysql_common() {
         // DECIMAL(5,2) value 123.45: intg 3 digits (2 bytes), frac 2 digits (1 byte).
         let c = col(ty::NEWDECIMAL, &[5, 2], false);
-        let v = [0x80 ^ 0x00, 123, 45];
+        let v = [0x80, 123, 45]; // sign bit set: positive
         assert_eq!(fmt(&c, &v), "123.45");
     }
 }

@@ -573,7 +573,7 @@ impl Processor {
 
 impl TablePlan {
     fn annotation_match(&self, dbs: &[String]) -> bool {
-        dbs.is_empty() || dbs.iter().any(|d| *d == self.db)
+        dbs.is_empty() || dbs.contains(&self.db)
     }
 }
 
