@@ -298,3 +298,31 @@ async fn purged_binlog_fails_clearly_or_flushes() -> Result<()> {
     );
     Ok(())
 }
+
+/// A transaction far larger than the in-memory bound spills its keys to disk and still
+/// delivers every one of them at its commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_transaction_spills_and_delivers_every_key() -> Result<()> {
+    const N: u32 = 3000;
+    let db = db().await?;
+    let mc = Memcached::start()?;
+    preset(&mc, N)?;
+    let dir = tempfile::tempdir()?;
+    let extra = format!("[extract]\nmax_transaction_bytes = 4096\n{RULE}");
+    let squeal = Squeal::start(&config(
+        &db.url(),
+        &[mc.addr()],
+        &dir.path().join("cp.toml"),
+        &extra,
+    ))?;
+    let mut conn = db.conn().await?;
+    conn.query_drop("BEGIN").await?;
+    for t in 0..N {
+        commit(&mut conn, t).await?;
+    }
+    conn.query_drop("COMMIT").await?;
+    let all: Vec<u32> = (0..N).collect();
+    let left = remaining(&mc, &all, Duration::from_secs(30))?;
+    assert_eq!(left, 0, "{}", squeal.server.log_tail());
+    Ok(())
+}
