@@ -123,6 +123,13 @@ pub fn parse_mg(r: &Reply) -> Read {
         ttl: None,
     };
     for t in toks {
+        match t {
+            // A lease placeholder being filled (W: this reader won, Z: another one did) or
+            // an item marked stale (X) is no value to serve or copy: for a reader that
+            // backfills other layers it is a miss.
+            b"W" | b"Z" | b"X" => return Read::Miss,
+            _ => {}
+        }
         match t[0] {
             b'f' => item.flags = num(&t[1..]).unwrap_or(0),
             b't' => item.ttl = num(&t[1..]),
@@ -504,6 +511,24 @@ mod tests {
         ] {
             let _ = parse_get(&Reply::Data(Bytes::copy_from_slice(g)));
             let _ = parse_mg(&Reply::Data(Bytes::copy_from_slice(g)));
+        }
+    }
+
+    #[test]
+    fn lease_placeholders_and_stale_items_are_misses() {
+        for reply in [
+            &b"VA 0 t30 f0 Z\r\n\r\n"[..],
+            b"VA 0 c1 W\r\n\r\n",
+            b"VA 1 t30 f0 X W\r\nx\r\n",
+        ] {
+            assert!(
+                matches!(
+                    parse_mg(&Reply::Data(Bytes::from_static(reply))),
+                    Read::Miss
+                ),
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
         }
     }
 }

@@ -19,7 +19,8 @@ pub struct Outcome {
     /// The cold side holds a hold-off tombstone: the key was invalidated moments ago, and
     /// the warm value may predate that.
     pub held_off: u64,
-    /// Gone from the warm server (expired, evicted, deleted) since the dump, or a tombstone.
+    /// Gone from the warm server (expired, evicted, deleted) since the dump, or not a settled
+    /// value: a tombstone, a lease placeholder being filled, an item marked stale.
     pub gone: u64,
     /// Keys that cannot be copied through the text protocol (binary keys).
     pub failed: u64,
@@ -69,8 +70,8 @@ impl Conn {
         Ok(line.trim_end().to_string())
     }
 
-    /// Pipelined meta gets: for each key, `(value, remaining ttl (-1: none), flags)` or
-    /// `None` on a miss.
+    /// Pipelined meta gets: for each key, `(value, remaining ttl (-1: none), flags)`, or
+    /// `None` on a miss or an unsettled item (lease placeholder, stale).
     pub fn meta_get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Item>>> {
         let mut out = Vec::new();
         for key in keys {
@@ -90,18 +91,22 @@ impl Conn {
                         .next()
                         .and_then(|l| l.parse().ok())
                         .with_context(|| format!("bad mg reply {line:?}"))?;
-                    let (mut ttl, mut flags) = (-1i64, 0u32);
+                    let (mut ttl, mut flags, mut settled) = (-1i64, 0u32, true);
                     for flag in parts {
                         if let Some(t) = flag.strip_prefix('t') {
                             ttl = t.parse().unwrap_or(-1);
                         } else if let Some(f) = flag.strip_prefix('f') {
                             flags = f.parse().unwrap_or(0);
+                        } else if matches!(flag, "W" | "Z" | "X") {
+                            // A lease placeholder being filled (W/Z) or an item marked stale
+                            // (X): not a value anyone should copy.
+                            settled = false;
                         }
                     }
                     let mut value = vec![0; len + 2];
                     self.reader.read_exact(&mut value)?;
                     value.truncate(len);
-                    items.push(Some((value, ttl, flags)));
+                    items.push(settled.then_some((value, ttl, flags)));
                 }
                 _ => bail!("{} answered {line:?} to mg", self.addr),
             }
