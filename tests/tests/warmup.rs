@@ -180,6 +180,10 @@ async fn run(holdoff: bool) -> Result<Outcome> {
     reader
         .join()
         .map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    for r in warm_readers {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("warm reader panicked"))??;
+    }
 
     // Let squeal deliver everything, then compare the cold cluster with the database.
     tokio::time::sleep(Duration::from_secs(3)).await;
