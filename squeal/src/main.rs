@@ -26,7 +26,15 @@ struct Cli {
     log_json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    // One clear line (with its causes), never a backtrace that buries it.
+    if let Err(e) = real_main() {
+        eprintln!("squeal: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

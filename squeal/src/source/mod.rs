@@ -18,11 +18,8 @@ use process::{Committed, ProcessError, Processor};
 /// Why a binlog file could not be read to its end.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("{path}: {error}")]
+    Io { path: String, error: std::io::Error },
     #[error("{path}: not a binlog file (no \\xfebin magic)")]
     NotBinlog { path: String },
     #[error("{path}: event {index} at offset {offset}: {source}")]
@@ -45,9 +42,9 @@ pub fn read_file(
     mut on_commit: impl FnMut(Committed),
 ) -> Result<usize, FileError> {
     let p = path.display().to_string();
-    let data = std::fs::read(path).map_err(|source| FileError::Io {
+    let data = std::fs::read(path).map_err(|error| FileError::Io {
         path: p.clone(),
-        source,
+        error,
     })?;
     if data.len() < 4 || &data[..4] != b"\xfebin" {
         return Err(FileError::NotBinlog { path: p });
@@ -58,15 +55,15 @@ pub fn read_file(
         .unwrap_or_default();
     proc.pos = 4;
     read_events(&data[4..], proc, &mut on_commit).map_err(|e| match e {
-        ReadError::Event(index, offset, source) => FileError::Event {
+        ReadError::Event(index, offset, error) => FileError::Event {
             path: p.clone(),
             index,
             offset: offset + 4,
-            source,
+            error,
         },
-        ReadError::Process(source) => FileError::Process {
+        ReadError::Process(error) => FileError::Process {
             path: p.clone(),
-            source,
+            error,
         },
     })
 }
