@@ -22,15 +22,15 @@ pub enum FileError {
     Io { path: String, error: std::io::Error },
     #[error("{path}: not a binlog file (no \\xfebin magic)")]
     NotBinlog { path: String },
-    #[error("{path}: event {index} at offset {offset}: {source}")]
+    #[error("{path}: event {index} at offset {offset}: {error}")]
     Event {
         path: String,
         index: usize,
         offset: u64,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("{path}: {source}")]
-    Process { path: String, source: ProcessError },
+    #[error("{path}: {error}")]
+    Process { path: String, error: ProcessError },
 }
 
 /// Reads a binlog file through `proc`, calling `on_commit` for every committed transaction.
