@@ -163,8 +163,23 @@ impl Conn {
                     self.closing = true;
                     self.rbuf.clear();
                 }
-                Step::Swallow { len, drain, reply } => {
+                Step::Swallow {
+                    len,
+                    drain,
+                    reply,
+                    delete,
+                } => {
                     ctx.stats.client_errors.add(1);
+                    if let Some(key) = delete {
+                        // Routed now, so it reaches the key's server before anything this
+                        // client sends next; its reply is memcached's business, not the
+                        // client's.
+                        let key = self.rbuf[key].to_vec();
+                        ctx.route.route(
+                            crate::route::wire::delete(&key),
+                            Completion::then(|_| {}),
+                        );
+                    }
                     self.rbuf.advance(len);
                     self.drain = drain;
                     self.local(Bytes::from_static(reply));

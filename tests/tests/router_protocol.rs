@@ -593,3 +593,46 @@ fn bad_config_refuses_to_start_and_names_the_line() {
         );
     }
 }
+
+/// As memcached: a `set` refused as too large also removes the old value, so a value the
+/// application tried to replace is not served on (a stale read otherwise).
+#[test]
+fn an_oversized_set_removes_the_old_value_as_memcached_does() {
+    let server = Memcached::start().unwrap();
+    let router = Router::start(&[server.addr()], "", "[limits]\nmax_item_size = 1024").unwrap();
+    let mut c = McClient::connect(&router.addr()).unwrap();
+    let mut direct = McClient::connect(&server.addr()).unwrap();
+    let big = vec![b'x'; 2000];
+    for (i, command) in ["set", "ms"].iter().enumerate() {
+        let key = format!("replaced:{i}");
+        c.set(&key, b"old").unwrap();
+        if *command == "set" {
+            c.send(format!("set {key} 0 0 {}\r\n", big.len()).as_bytes())
+                .unwrap();
+        } else {
+            c.send(format!("ms {key} {}\r\n", big.len()).as_bytes())
+                .unwrap();
+        }
+        c.send(&big).unwrap();
+        c.send(b"\r\n").unwrap();
+        assert_eq!(c.line().unwrap(), "SERVER_ERROR object too large for cache");
+        assert_eq!(
+            c.get(&key).unwrap(),
+            None,
+            "{command}: the old value is gone"
+        );
+        assert_eq!(
+            direct.get(&key).unwrap(),
+            None,
+            "{command}: on the server too"
+        );
+    }
+    // Other storage commands leave the old value, as memcached does.
+    c.set("kept", b"old").unwrap();
+    c.send(format!("append kept 0 0 {}\r\n", big.len()).as_bytes())
+        .unwrap();
+    c.send(&big).unwrap();
+    c.send(b"\r\n").unwrap();
+    assert_eq!(c.line().unwrap(), "SERVER_ERROR object too large for cache");
+    assert_eq!(c.get("kept").unwrap().as_deref(), Some(&b"old"[..]));
+}

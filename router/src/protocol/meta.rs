@@ -56,6 +56,7 @@ pub fn parse(
             len: line_len,
             drain: v + 2,
             reply: r,
+            delete: None,
         },
         None => reply(r),
     };
@@ -74,7 +75,18 @@ pub fn parse(
     };
     if let Some(v) = vlen {
         if v > limits.max_value {
-            return refuse(TOO_LARGE);
+            // As memcached: an `ms` in set mode (no `M` flag, or `MS`) refused as too large
+            // also removes the old item.
+            let set_mode = toks.iter().skip(first_flag).all(|t| {
+                let f = &buf[t.clone()];
+                f[0] != b'M' || f.get(1).is_some_and(|m| m.eq_ignore_ascii_case(&b's'))
+            });
+            return Step::Swallow {
+                len: line_len,
+                drain: v + 2,
+                reply: TOO_LARGE,
+                delete: (set_mode && !base64).then(|| toks[1].clone()),
+            };
         }
     }
     let (frame, quiet_kind) = match cmd {

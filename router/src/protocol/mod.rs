@@ -302,6 +302,10 @@ pub enum Step {
         len: usize,
         drain: usize,
         reply: &'static [u8],
+        /// Where the key sits in the buffer when the refusal must also delete it: memcached
+        /// unlinks the old item when a `set` is refused as too large, so that a value the
+        /// application tried to replace is not served on.
+        delete: Option<std::ops::Range<usize>>,
     },
     /// What memcached does with an unterminated line this long: close the connection.
     Close,

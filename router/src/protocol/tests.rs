@@ -301,6 +301,6 @@ fn oversized_values_are_swallowed_not_buffered() {
     let step = parse(b"set k 0 0 100000\r\n", &limits());
     assert!(matches!(
         step,
-        Step::Swallow { len: 18, drain: 100002, reply } if reply == TOO_LARGE
+        Step::Swallow { len: 18, drain: 100002, reply, .. } if reply == TOO_LARGE
     ));
 }

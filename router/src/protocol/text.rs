@@ -199,6 +199,7 @@ fn storage(
             len: line_len,
             drain: vlen + 2,
             reply: if noreply { b"" } else { TOO_LARGE },
+            delete: (cmd == Cmd::Set).then(|| toks[1].clone()),
         };
     }
     value_frame(
