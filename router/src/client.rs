@@ -175,10 +175,8 @@ impl Conn {
                         // client sends next; its reply is memcached's business, not the
                         // client's.
                         let key = self.rbuf[key].to_vec();
-                        ctx.route.route(
-                            crate::route::wire::delete(&key),
-                            Completion::then(|_| {}),
-                        );
+                        ctx.route
+                            .route(crate::route::wire::delete(&key), Completion::then(|_| {}));
                     }
                     self.rbuf.advance(len);
                     self.drain = drain;
