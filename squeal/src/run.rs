@@ -258,6 +258,7 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let mut checkpointer_task = None;
     let mut out = Vec::new();
     let mut last_log = Instant::now() - Duration::from_secs(10);
+    let mut last_publish = Instant::now();
     let result: anyhow::Result<()> = 'outer: loop {
         let pos = processor.position();
         let (mut stream, info) = match live::open_stream(&cfg.source, &pos).await {
@@ -333,7 +334,13 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                     break 'outer Err(anyhow::anyhow!("sink stage stopped"));
                 }
             }
-            if processor.stats.events % 64 == 0 || last_log.elapsed() > Duration::from_millis(200) {
+            // Publish every 64 events, and at least every 50 ms (so an idle stream's last
+            // events show up at once).
+            if processor.stats.events % 64 == 0
+                || last_publish.elapsed() > Duration::from_millis(50)
+                || !processor.problems.is_empty()
+            {
+                last_publish = Instant::now();
                 crate::metrics::publish(&processor.stats, &mut prev);
                 if let Ok(mut g) = reader_pos.lock() {
                     *g = (processor.position(), processor.last_ts);
