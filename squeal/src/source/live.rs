@@ -130,9 +130,17 @@ impl InfoSchema {
         }
         Ok(Some(
             rows.into_iter()
-                .map(|(name, ty)| ColumnInfo {
-                    name,
-                    unsigned: ty.to_ascii_lowercase().contains("unsigned"),
+                .map(|(name, ty)| {
+                    let ty = ty.to_ascii_lowercase();
+                    ColumnInfo {
+                        name,
+                        unsigned: ty.contains("unsigned"),
+                        data_type: ty
+                            .split(|c: char| !c.is_ascii_alphanumeric())
+                            .next()
+                            .unwrap_or("")
+                            .to_string(),
+                    }
                 })
                 .collect(),
         ))

@@ -20,6 +20,41 @@ use crate::extract::rules::{bind, BoundPart, Rule};
 pub struct ColumnInfo {
     pub name: String,
     pub unsigned: bool,
+    /// SQL type name (`int`, `varchar`, ...), lower case; empty if unknown.
+    pub data_type: String,
+}
+
+/// Whether a table-map column type can be the binlog form of an SQL type. Used to refuse
+/// information_schema names that describe a different layout than the row (catching up
+/// across an ALTER without FULL metadata): a reordered table shows as a type mismatch.
+pub fn compatible(binlog_type: u8, data_type: &str) -> bool {
+    let want: &[u8] = match data_type {
+        "" => return true,
+        "tinyint" | "bool" | "boolean" => &[ty::TINY],
+        "smallint" => &[ty::SHORT],
+        "mediumint" => &[ty::INT24],
+        "int" | "integer" => &[ty::LONG],
+        "bigint" => &[ty::LONGLONG],
+        "float" => &[ty::FLOAT],
+        "double" | "real" => &[ty::DOUBLE],
+        "decimal" | "numeric" | "dec" | "fixed" => &[ty::NEWDECIMAL, ty::DECIMAL],
+        "date" => &[ty::DATE, ty::NEWDATE],
+        "datetime" => &[ty::DATETIME, ty::DATETIME2],
+        "timestamp" => &[ty::TIMESTAMP, ty::TIMESTAMP2],
+        "time" => &[ty::TIME, ty::TIME2],
+        "year" => &[ty::YEAR],
+        "bit" => &[ty::BIT],
+        "varchar" | "varbinary" => &[ty::VARCHAR, ty::VAR_STRING],
+        "char" | "binary" | "enum" | "set" => &[ty::STRING, ty::ENUM, ty::SET],
+        "tinytext" | "text" | "mediumtext" | "longtext" | "tinyblob" | "blob" | "mediumblob"
+        | "longblob" => &[ty::BLOB],
+        "json" => &[ty::JSON, ty::BLOB],
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" => &[ty::GEOMETRY],
+        // Types this list does not know (inet6, uuid, vector...): do not judge.
+        _ => return true,
+    };
+    want.contains(&binlog_type)
 }
 
 /// Where column names come from when the table map has none.
@@ -143,6 +178,18 @@ pub fn plan(
     let mut problem = None;
     if (!matching.is_empty() || outbox_col.is_some()) && names.is_none() {
         match schema.columns(&db, &table) {
+            Ok(Some(info))
+                if info.len() == n
+                    && !info
+                        .iter()
+                        .zip(&cols)
+                        .all(|(i, c)| compatible(c.ty, &i.data_type)) =>
+            {
+                problem = Some(format!(
+                    "{db}.{table}: information_schema column types do not match the binlog \
+                     row (schema changed since?); rules skipped"
+                ))
+            }
             Ok(Some(info)) if info.len() == n => {
                 if signedness.is_none() {
                     for (c, i) in cols.iter_mut().zip(&info) {
@@ -199,5 +246,22 @@ pub fn plan(
         outbox,
         json_cols,
         problem,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn type_compatibility() {
+        assert!(compatible(ty::LONG, "int"));
+        assert!(!compatible(ty::VARCHAR, "int"));
+        assert!(!compatible(ty::LONG, "varchar"));
+        assert!(compatible(ty::BLOB, "text"));
+        assert!(compatible(ty::STRING, "enum"));
+        assert!(compatible(ty::DATETIME2, "datetime"));
+        assert!(compatible(ty::STRING, "inet6"));
+        assert!(compatible(ty::LONG, ""));
     }
 }
