@@ -40,10 +40,15 @@ impl MariaDb {
         let dir = server_dir("mariadb")?;
         let datadir = dir.path().join("data");
         std::fs::create_dir_all(&datadir)?;
+        // A private tmpdir: bootstraps running at once in a shared /tmp delete each other's
+        // temporary tables ("Error on delete of '/tmp/#sql-temptable-...'").
+        let tmpdir = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmpdir)?;
         let user = run_as();
         let install = Command::new("mariadb-install-db")
             .arg(format!("--user={user}"))
             .arg(format!("--datadir={}", datadir.display()))
+            .arg(format!("--tmpdir={}", tmpdir.display()))
             .args([
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
@@ -204,6 +209,7 @@ fn command(dir: PathBuf, port: u16, server_id: u32, extra: &[String]) -> Command
         .arg(format!("--port={port}"))
         .arg("--bind-address=127.0.0.1")
         .arg(format!("--socket={}", dir.join("mariadb.sock").display()))
+        .arg(format!("--tmpdir={}", dir.join("tmp").display()))
         .arg(format!("--pid-file={}", dir.join("mariadb.pid").display()))
         .arg("--skip-name-resolve")
         .arg(format!("--log-bin={}", datadir.join("bin").display()))

@@ -8,19 +8,6 @@ use harness::mariadb::MariaDbOptions;
 use harness::squeal::{config, Squeal};
 use harness::{MariaDb, McClient, Memcached};
 
-/// Starts MariaDB, retrying: `mariadb-install-db` occasionally fails when several servers
-/// are installed at once on a loaded machine (a temp-table race in its bootstrap).
-async fn start_db(opts: MariaDbOptions) -> Result<MariaDb> {
-    let mut last = None;
-    for _ in 0..3 {
-        match MariaDb::start_with(opts.clone()).await {
-            Ok(db) => return Ok(db),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.expect("tried"))
-}
-
 struct Env {
     db: MariaDb,
     mc: Memcached,
@@ -29,7 +16,7 @@ struct Env {
 }
 
 async fn env(extra: &str, db_args: &[&str]) -> Result<Env> {
-    let db = start_db(MariaDbOptions {
+    let db = MariaDb::start_with(MariaDbOptions {
         server_id: 1,
         extra_args: db_args.iter().map(|s| s.to_string()).collect(),
     })
@@ -278,7 +265,7 @@ async fn schema_changes_with_minimal_metadata() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refuses_statement_format() -> Result<()> {
-    let db = start_db(MariaDbOptions {
+    let db = MariaDb::start_with(MariaDbOptions {
         server_id: 1,
         extra_args: vec!["--binlog-format=STATEMENT".into()],
     })
@@ -323,7 +310,7 @@ async fn debug_sink_prints_keys() -> Result<()> {
 /// bodies); row rules work and the checkpoint carries the GTID position.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_mariadb_gtid_events() -> Result<()> {
-    let db = start_db(MariaDbOptions {
+    let db = MariaDb::start_with(MariaDbOptions {
         server_id: 1,
         extra_args: vec![],
     })

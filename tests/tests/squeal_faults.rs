@@ -10,19 +10,6 @@ use harness::squeal::{config, read_checkpoint, Squeal};
 use harness::{MariaDb, McClient, Memcached};
 use mysql_async::prelude::*;
 
-/// Starts MariaDB, retrying: `mariadb-install-db` occasionally fails when several servers
-/// are installed at once on a loaded machine (a temp-table race in its bootstrap).
-async fn start_db(opts: MariaDbOptions) -> Result<MariaDb> {
-    let mut last = None;
-    for _ in 0..3 {
-        match MariaDb::start_with(opts.clone()).await {
-            Ok(db) => return Ok(db),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.expect("tried"))
-}
-
 const RULE: &str = r#"
 [[extract.rule]]
 database = "app"
@@ -31,7 +18,7 @@ keys = ["item:{id}", "item_group:{grp}"]
 "#;
 
 async fn db() -> Result<MariaDb> {
-    let db = start_db(MariaDbOptions {
+    let db = MariaDb::start_with(MariaDbOptions {
         server_id: 1,
         extra_args: vec![
             "--innodb-flush-log-at-trx-commit=2".into(),
