@@ -15,7 +15,7 @@ use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
@@ -261,27 +261,14 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
             let mut progress = c.dispatch(&ctx);
             c.collect();
             // Write what is ready in one go.
-            while !c.out.is_empty() {
-                match stream.poll_write_ready(cx) {
-                    Poll::Pending => break,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {}
+            match write_queued(&stream, cx, &mut c.out) {
+                Ok(0) => {}
+                Ok(w) => {
+                    stats.bytes_written.add(w as u64);
+                    c.out_bytes -= w;
+                    progress = true;
                 }
-                let mut iov = [IoSlice::new(&[]); 64];
-                let n = c.out.len().min(iov.len());
-                for (slot, b) in iov.iter_mut().zip(c.out.iter()) {
-                    *slot = IoSlice::new(b);
-                }
-                match stream.try_write_vectored(&iov[..n]) {
-                    Ok(w) => {
-                        stats.bytes_written.add(w as u64);
-                        c.out_bytes -= w;
-                        advance(&mut c.out, w);
-                        progress = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Poll::Ready(Err(e)),
-                }
+                Err(e) => return Poll::Ready(Err(e)),
             }
             let idle = c.outstanding() == 0 && c.out.is_empty();
             if (c.eof || c.closing) && idle {
@@ -358,6 +345,39 @@ pub(crate) fn read_drained(stream: &TcpStream, buf: &mut BytesMut) -> io::Result
         (Err(e), None) => Err(e),
         (Ok(n), None) => Ok(n),
     }
+}
+
+/// Writes as much of `out` as the socket takes now, up to 64 buffers per vectored write,
+/// dropping what was written, and returns how many bytes went out. Stops when the queue is
+/// empty or the socket is full (then the task is registered for write readiness). Clients
+/// and backend connections both send this way: one syscall for everything queued.
+pub(crate) fn write_queued(
+    stream: &TcpStream,
+    cx: &mut Context<'_>,
+    out: &mut VecDeque<Bytes>,
+) -> io::Result<usize> {
+    let mut total = 0;
+    while !out.is_empty() {
+        match stream.poll_write_ready(cx) {
+            Poll::Pending => break,
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Ready(Ok(())) => {}
+        }
+        let mut iov = [IoSlice::new(&[]); 64];
+        let n = out.len().min(iov.len());
+        for (slot, b) in iov.iter_mut().zip(out.iter()) {
+            *slot = IoSlice::new(b);
+        }
+        match stream.try_write_vectored(&iov[..n]) {
+            Ok(written) => {
+                advance(out, written);
+                total += written;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
 }
 
 fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {

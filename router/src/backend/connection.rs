@@ -13,7 +13,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
-use std::io::{self, IoSlice};
+use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -177,25 +177,10 @@ impl BackendConn {
         let mut completed: Vec<(Completion, Reply)> = Vec::new();
         let result = poll_fn(|cx| loop {
             // Write everything queued, in as few syscalls as the socket allows.
+            if let Err(e) =
+                crate::client::write_queued(&stream, cx, &mut self.inner.borrow_mut().out)
             {
-                let mut i = self.inner.borrow_mut();
-                while !i.out.is_empty() {
-                    match stream.poll_write_ready(cx) {
-                        Poll::Pending => break,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        Poll::Ready(Ok(())) => {}
-                    }
-                    let mut iov = [IoSlice::new(&[]); 64];
-                    let n = i.out.len().min(iov.len());
-                    for (slot, b) in iov.iter_mut().zip(i.out.iter()) {
-                        *slot = IoSlice::new(b);
-                    }
-                    match stream.try_write_vectored(&iov[..n]) {
-                        Ok(written) => advance(&mut i.out, written),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
-                }
+                return Poll::Ready(Err(e));
             }
             // Read replies and match them to requests, oldest first.
             match stream.poll_read_ready(cx) {
@@ -308,19 +293,5 @@ impl BackendConn {
             i.last_progress = Instant::now();
         }
         Ok(())
-    }
-}
-
-/// Drops `n` written bytes from the front of the queue.
-fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
-    while n > 0 {
-        let front = out.front_mut().expect("wrote more than queued");
-        if front.len() <= n {
-            n -= front.len();
-            out.pop_front();
-        } else {
-            front.advance(n);
-            n = 0;
-        }
     }
 }
