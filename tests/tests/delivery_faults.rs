@@ -193,26 +193,9 @@ async fn write<F: FnMut(u32) -> Result<()>>(db: &MariaDb, mut fault: F) -> Resul
     Ok(committed)
 }
 
-fn router_metric(router: &Router, name: &str) -> f64 {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", router.admin_port)) else {
-        return 0.0;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .filter(|(k, _)| k.split('{').next() == Some(name) || *k == name)
-        .filter_map(|(_, v)| v.parse::<f64>().ok())
-        .sum()
-}
-
 fn report(scenario: &str, region: &Region, squeal: &Squeal, committed: &[u32], stale: usize) {
     let total = committed.len() * 3 * 2;
-    let metric = |n: &str| router_metric(&region.ra, n) + router_metric(&region.rb, n);
+    let metric = |n: &str| region.ra.metric(n) + region.rb.metric(n);
     eprintln!(
         "scenario {scenario}: {} transactions, {total} cached key copies, stale after drain: {stale}; \
          squeal sink retries: {}, router deletes applied at once: {}, spooled: {}, replayed: {} \
@@ -227,7 +210,7 @@ fn report(scenario: &str, region: &Region, squeal: &Squeal, committed: &[u32], s
 
 fn metric_outcome(region: &Region, outcome: &str) -> f64 {
     let name = format!("squeal_router_invalidation_keys_total{{outcome=\"{outcome}\"}}");
-    router_metric(&region.ra, &name) + router_metric(&region.rb, &name)
+    region.ra.metric(&name) + region.rb.metric(&name)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
