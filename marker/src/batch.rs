@@ -133,6 +133,29 @@ impl Secret {
     }
 }
 
+impl Secret {
+    /// The secret as squeal's and the router's configs give it: exactly one of an inline
+    /// `secret` or a `secret_file` (trailing whitespace, e.g. a newline, ignored), never
+    /// empty. Both sides load it here so they cannot disagree on what the key bytes are.
+    pub fn from_config(
+        secret: Option<&str>,
+        secret_file: Option<&std::path::Path>,
+    ) -> Result<Secret, String> {
+        let bytes = match (secret, secret_file) {
+            (Some(s), None) => s.as_bytes().to_vec(),
+            (None, Some(path)) => std::fs::read(path)
+                .map_err(|e| format!("reading secret_file {}: {e}", path.display()))?
+                .trim_ascii_end()
+                .to_vec(),
+            _ => return Err("exactly one of `secret` or `secret_file` is needed".into()),
+        };
+        if bytes.is_empty() {
+            return Err("the secret is empty".into());
+        }
+        Ok(Secret::new(&bytes))
+    }
+}
+
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(..)")
@@ -424,6 +447,28 @@ mod tests {
         ));
         b.entries = vec![(EntryKind::Key, b"bad key".to_vec())];
         assert!(b.encode(&secret, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn secrets_load_from_exactly_one_source() {
+        let dir = std::env::temp_dir().join(format!("squeal-secret-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret\n").unwrap();
+        let mut a = Vec::new();
+        let mut b = Vec::new();
+        batch()
+            .encode(&Secret::from_config(Some("s3cret"), None).unwrap(), &mut a)
+            .unwrap();
+        batch()
+            .encode(&Secret::from_config(None, Some(&dir)).unwrap(), &mut b)
+            .unwrap();
+        assert_eq!(
+            a, b,
+            "the file's trailing newline is not part of the secret"
+        );
+        assert!(Secret::from_config(None, None).is_err());
+        assert!(Secret::from_config(Some("x"), Some(&dir)).is_err());
+        assert!(Secret::from_config(Some(""), None).is_err());
+        std::fs::remove_file(&dir).unwrap();
     }
 
     #[test]

@@ -237,18 +237,8 @@ pub struct AuthConfig {
 
 impl AuthConfig {
     pub fn secret(&self) -> anyhow::Result<marker::batch::Secret> {
-        let bytes = match (&self.secret, &self.secret_file) {
-            (Some(s), None) => s.as_bytes().to_vec(),
-            (None, Some(path)) => std::fs::read(path)
-                .map_err(|e| anyhow::anyhow!("reading secret_file {}: {e}", path.display()))?
-                .trim_ascii_end()
-                .to_vec(),
-            _ => anyhow::bail!(
-                "a router or kafka sink needs exactly one of `secret` or `secret_file`"
-            ),
-        };
-        anyhow::ensure!(!bytes.is_empty(), "the sink secret is empty");
-        Ok(marker::batch::Secret::new(&bytes))
+        marker::batch::Secret::from_config(self.secret.as_deref(), self.secret_file.as_deref())
+            .map_err(|e| anyhow::anyhow!("router or kafka sink: {e}"))
     }
 
     pub fn markers(&self) -> crate::sink::router::MarkerPrefix {

@@ -101,19 +101,8 @@ impl InvalidationConfig {
     }
 
     pub fn secret(&self) -> anyhow::Result<marker::batch::Secret> {
-        let bytes = match (&self.secret, &self.secret_file) {
-            (Some(s), _) => s.as_bytes().to_vec(),
-            (None, Some(path)) => {
-                let text = std::fs::read(path)
-                    .with_context(|| format!("reading secret_file {}", path.display()))?;
-                text.trim_ascii_end().to_vec()
-            }
-            (None, None) => bail!("no invalidation secret configured"),
-        };
-        if bytes.is_empty() {
-            bail!("the invalidation secret is empty");
-        }
-        Ok(marker::batch::Secret::new(&bytes))
+        marker::batch::Secret::from_config(self.secret.as_deref(), self.secret_file.as_deref())
+            .map_err(|e| anyhow::anyhow!("[invalidation]: {e}"))
     }
 }
 
