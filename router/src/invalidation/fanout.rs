@@ -111,8 +111,8 @@ impl Fanout {
             }
         }
         let groups = per_server
-            .iter()
-            .map(|(server, keys)| self.apply_server(server, keys.clone()));
+            .into_iter()
+            .map(|(server, keys)| self.apply_server(server, keys));
         let mut applied = Applied::default();
         for result in futures_util::future::join_all(groups).await {
             let one = result?;
@@ -136,13 +136,13 @@ impl Fanout {
         Ok(applied)
     }
 
-    async fn apply_server(&self, server: &str, keys: Vec<&[u8]>) -> Result<Applied, SpoolError> {
+    async fn apply_server(&self, server: String, keys: Vec<&[u8]>) -> Result<Applied, SpoolError> {
         let count = keys.len() as u64;
         // A server with spooled deletes gets new ones through the spool, in order.
-        if !self.spool.has_pending(server) {
+        if !self.spool.has_pending(&server) {
             let deleter = self
                 .deleters
-                .get(server)
+                .get(&server)
                 .expect("a deleter per target server");
             match deleter.delete_all(&keys).await {
                 Ok(()) => {
@@ -151,11 +151,10 @@ impl Fanout {
                         spooled: 0,
                     })
                 }
-                Err(e) => warn!(server, error = %e, keys = count, "delete failed; spooling"),
+                Err(e) => warn!(%server, error = %e, keys = count, "delete failed; spooling"),
             }
         }
         let spool = self.spool.clone();
-        let server = server.to_string();
         let owned: Vec<Vec<u8>> = keys.iter().map(|k| k.to_vec()).collect();
         // fsync blocks: keep it off the async workers.
         tokio::task::spawn_blocking(move || {
