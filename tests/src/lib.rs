@@ -15,6 +15,7 @@ pub mod memcache;
 pub mod memcached;
 pub mod process;
 pub mod project;
+pub mod prometheus;
 pub mod region;
 pub mod regions;
 pub mod router;

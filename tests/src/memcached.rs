@@ -53,6 +53,15 @@ impl Memcached {
     }
 }
 
+/// `"127.0.0.1:p1", "127.0.0.1:p2"`: servers as a TOML array's items, for pool configs.
+pub fn toml_list(servers: &[Memcached]) -> String {
+    servers
+        .iter()
+        .map(|s| format!("{:?}", s.addr()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn command(port: u16) -> Command {
     let mut cmd = Command::new("memcached");
     cmd.args([

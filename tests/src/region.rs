@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::mariadb::{MariaDb, MariaDbOptions};
-use crate::memcached::Memcached;
+use crate::memcached::{toml_list, Memcached};
 use crate::router::Router;
 use crate::squeal::Squeal;
 
@@ -29,6 +29,9 @@ pub struct RegionOptions {
     pub router_extra: String,
     /// MariaDB server id.
     pub server_id: u32,
+    /// The routers' delete timeout (`[invalidation] timeout_ms`): after it, a server's
+    /// deletes go to the spool.
+    pub invalidation_timeout_ms: u64,
 }
 
 impl Default for RegionOptions {
@@ -39,6 +42,7 @@ impl Default for RegionOptions {
             extract: String::new(),
             router_extra: String::new(),
             server_id: 1,
+            invalidation_timeout_ms: 500,
         }
     }
 }
@@ -52,14 +56,6 @@ pub struct Region {
     pub invalidation_ports: Vec<u16>,
     pub squeal: Option<Squeal>,
     pub dir: tempfile::TempDir,
-}
-
-fn quoted(servers: &[Memcached]) -> String {
-    servers
-        .iter()
-        .map(|s| format!("{:?}", s.addr()))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl Region {
@@ -87,7 +83,7 @@ impl Region {
         let dir = tempfile::tempdir()?;
         let mut pools = String::new();
         for (i, c) in clusters.iter().enumerate() {
-            pools.push_str(&format!("[pools.c{i}]\nservers = [{}]\n", quoted(c)));
+            pools.push_str(&format!("[pools.c{i}]\nservers = [{}]\n", toml_list(c)));
         }
         pools.push_str(&format!(
             "[pools.regional]\nservers = [{:?}]\n",
@@ -105,9 +101,10 @@ impl Region {
                  {pools}\
                  [invalidation]\nlisten = \"127.0.0.1:{inv}\"\nsecret = \"{SECRET}\"\n\
                  clusters = [{}]\nmarker_pools = [\"regional\"]\nspool_dir = {:?}\n\
-                 timeout_ms = 500\n{}\n",
+                 timeout_ms = {}\n{}\n",
                 names.join(", "),
                 spool.display().to_string(),
+                opts.invalidation_timeout_ms,
                 opts.router_extra,
             );
             routers.push(Router::start_config(&cfg)?);
@@ -126,21 +123,32 @@ impl Region {
 
     /// squeal's config: the region's database, the router sink to every router, `extract`.
     pub fn squeal_config(&self, extract: &str) -> String {
+        self.squeal_config_with_sink(&self.router_sink(), extract)
+    }
+
+    /// The `[[sink]]` body that delivers to every router of the region.
+    pub fn router_sink(&self) -> String {
         let eps: Vec<String> = self
             .invalidation_ports
             .iter()
             .map(|p| format!("\"127.0.0.1:{p}\""))
             .collect();
         format!(
-            "[source]\nurl = \"{}\"\nserver_id = {}\nheartbeat_ms = 500\nreconnect_min_ms = 50\n\
-             reconnect_max_ms = 500\n\n{extract}\n\n[batch]\nlinger_us = 500\n\n\
-             [[sink]]\ntype = \"router\"\nendpoints = [{}]\nsecret = \"{SECRET}\"\n\
-             source = \"db-{}\"\ntimeout_ms = 2000\n\n\
-             [checkpoint]\npath = {:?}\ninterval_ms = 100\n",
-            self.db.url(),
-            900 + self.db.server_id,
+            "type = \"router\"\nendpoints = [{}]\nsecret = \"{SECRET}\"\n\
+             source = \"db-{}\"\ntimeout_ms = 2000",
             eps.join(", "),
             self.db.server_id,
+        )
+    }
+
+    /// squeal's config with another `[[sink]]` body (e.g. Kafka).
+    pub fn squeal_config_with_sink(&self, sink: &str, extract: &str) -> String {
+        format!(
+            "[source]\nurl = \"{}\"\nserver_id = {}\nheartbeat_ms = 500\nreconnect_min_ms = 50\n\
+             reconnect_max_ms = 500\n\n{extract}\n\n[batch]\nlinger_us = 500\n\n\
+             [[sink]]\n{sink}\n\n[checkpoint]\npath = {:?}\ninterval_ms = 100\n",
+            self.db.url(),
+            900 + self.db.server_id,
             self.dir
                 .path()
                 .join("squeal-checkpoint.toml")

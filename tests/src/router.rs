@@ -54,25 +54,14 @@ impl Router {
 
     /// The Prometheus text of the admin port's `/metrics`.
     pub fn metrics_text(&self) -> Result<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(loopback(self.admin_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
+        crate::prometheus::scrape(self.admin_port)
     }
 
     /// A metric's value: a bare name sums all its label sets, `name{labels}` is one sample;
     /// 0 when absent or when the router does not answer (e.g. while it restarts).
     pub fn metric(&self, name: &str) -> f64 {
         let text = self.metrics_text().unwrap_or_default();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter_map(|l| l.rsplit_once(' '))
-            .filter(|(key, _)| *key == name || key.split('{').next() == Some(name))
-            .filter_map(|(_, v)| v.parse::<f64>().ok())
-            .sum()
+        crate::prometheus::sample(&text, name).unwrap_or(0.0)
     }
 
     /// SIGKILLs the router and starts it again with the same config and ports: what a

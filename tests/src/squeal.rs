@@ -1,8 +1,6 @@
 //! The `squeal` sidecar as a child process: a config in its own temp dir, readiness through
 //! its Prometheus port (`squeal_up 1` once its binlog stream is open), and its metrics.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -92,32 +90,13 @@ impl Squeal {
 
     /// The Prometheus text of `/metrics`.
     pub fn metrics_text(&self) -> Result<String> {
-        let mut s = TcpStream::connect(loopback(self.metrics_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        Ok(body)
+        crate::prometheus::scrape(self.metrics_port)
     }
 
-    /// The value of an unlabelled metric (sum over its label sets), `None` if absent.
+    /// A metric's value (a bare name sums its label sets), `None` if absent or if squeal
+    /// does not answer.
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.metrics_text().ok()?;
-        let mut found = None;
-        for line in text.lines() {
-            if line.starts_with('#') {
-                continue;
-            }
-            let Some((key, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let base = key.split('{').next().unwrap_or(key);
-            if base == name {
-                let v: f64 = value.parse().ok()?;
-                found = Some(found.unwrap_or(0.0) + v);
-            }
-        }
-        found
+        crate::prometheus::sample(&self.metrics_text().ok()?, name)
     }
 
     /// Waits until `name` reaches `at_least`.

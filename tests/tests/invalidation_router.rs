@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use harness::memcached::toml_list;
 use harness::router::Router;
 use harness::{Broker, McClient, Memcached};
 use marker::batch::{Ack, AckStatus, Batch, EntryKind, Secret, ACK_LEN};
@@ -25,14 +26,6 @@ struct Region {
     _spool: tempfile::TempDir,
 }
 
-fn quoted(servers: &[Memcached]) -> String {
-    servers
-        .iter()
-        .map(|s| format!("{:?}", s.addr()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 fn region(extra_invalidation: &str) -> Result<Region> {
     let a = Memcached::start_many(2)?;
     let b = Memcached::start_many(2)?;
@@ -47,8 +40,8 @@ fn region(extra_invalidation: &str) -> Result<Region> {
          [invalidation]\nlisten = \"127.0.0.1:{inv_port}\"\nsecret = \"{SECRET}\"\n\
          clusters = [\"a\", \"b\"]\nmarker_pools = [\"regional\"]\n\
          spool_dir = {:?}\ntimeout_ms = 300\nreplay_interval_ms = 100\n{extra_invalidation}\n",
-        quoted(&a),
-        quoted(&b),
+        toml_list(&a),
+        toml_list(&b),
         regional.addr(),
         spool.path().display().to_string(),
     );
@@ -220,8 +213,7 @@ fn a_stalled_server_gets_its_deletes_from_the_spool() -> Result<()> {
     for k in &keys {
         set_everywhere(&[b0], k)?;
     }
-    let pid = b0.server.pid().context("pid")?;
-    signal(pid, "STOP");
+    b0.server.signal("STOP");
     let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
     let started = Instant::now();
     let acks = send(r.inv_port, SECRET, &[batch(1, &refs, &[])])?;
@@ -238,7 +230,7 @@ fn a_stalled_server_gets_its_deletes_from_the_spool() -> Result<()> {
         .router
         .metric("squeal_router_invalidation_keys_total{outcome=\"spooled\"}");
     assert!(spooled >= 200.0, "200 deletes spooled, saw {spooled}");
-    signal(pid, "CONT");
+    b0.server.signal("CONT");
     wait_until(
         "replay to clear the stalled server",
         Duration::from_secs(20),
@@ -262,12 +254,11 @@ fn spooled_deletes_survive_a_router_crash() -> Result<()> {
     let mut r = region("")?;
     let b1_addr = r.b[1].addr();
     set_everywhere(&[&r.b[1]], "survivor")?;
-    let pid = r.b[1].server.pid().context("pid")?;
-    signal(pid, "STOP");
+    r.b[1].server.signal("STOP");
     let acks = send(r.inv_port, SECRET, &[batch(1, &["survivor"], &[])])?;
     assert_eq!(acks[0].status, AckStatus::Applied);
     r.router.restart()?; // SIGKILL, then start again with the same spool dir
-    signal(pid, "CONT");
+    r.b[1].server.signal("CONT");
     wait_until(
         "the restarted router to replay its spool",
         Duration::from_secs(20),
@@ -350,13 +341,6 @@ async fn batches_from_kafka_are_applied_then_committed() -> Result<()> {
     Ok(())
 }
 
-fn signal(pid: u32, name: &str) {
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status();
-}
-
 /// Operators can see what a stopped router left in its spool and replay it by hand.
 #[test]
 fn operators_inspect_and_replay_the_spool_from_the_cli() -> Result<()> {
@@ -365,15 +349,14 @@ fn operators_inspect_and_replay_the_spool_from_the_cli() -> Result<()> {
     for k in &keys {
         set_everywhere(&[&r.b[0]], k)?;
     }
-    let pid = r.b[0].server.pid().context("pid")?;
-    signal(pid, "STOP");
+    r.b[0].server.signal("STOP");
     let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
     assert_eq!(
         send(r.inv_port, SECRET, &[batch(1, &refs, &[])])?[0].status,
         AckStatus::Applied
     );
     r.router.server.kill();
-    signal(pid, "CONT");
+    r.b[0].server.signal("CONT");
 
     let cli = |flag: &str| -> Result<(bool, String)> {
         let out = std::process::Command::new(harness::project::bin("squeal-router"))

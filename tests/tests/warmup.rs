@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use harness::mariadb::MariaDbOptions;
+use harness::memcached::toml_list;
 use harness::router::Router;
 use harness::squeal::Squeal;
 use harness::workload::{LookAside, Lookup};
@@ -20,14 +21,6 @@ use mysql_async::prelude::*;
 /// Few keys and fast writers, so invalidations often land inside a chunk's copy window.
 const USERS: u32 = 500;
 const SECRET: &str = "warmup-secret";
-
-fn list(servers: &[Memcached]) -> String {
-    servers
-        .iter()
-        .map(|s| format!("{:?}", s.addr()))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 struct Outcome {
     copied_line: String,
@@ -65,8 +58,8 @@ async fn run(holdoff: bool) -> Result<Outcome> {
             "workers = 2\n{route}\n[pools.warm]\nservers = [{}]\n[pools.cold]\nservers = [{}]\n\
              [invalidation]\nlisten = \"127.0.0.1:{inv}\"\nsecret = \"{SECRET}\"\n\
              clusters = [\"warm\", \"cold\"]\n{warming}spool_dir = {:?}\n",
-            list(&warm),
-            list(&cold),
+            toml_list(&warm),
+            toml_list(&cold),
             spools.path().join(name).display().to_string()
         ))?;
         Ok((r, inv))
