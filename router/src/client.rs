@@ -8,12 +8,21 @@
 //! Backpressure: the task stops reading while `max_pending` requests are outstanding or
 //! `max_output` bytes wait to be written, so a slow or stuck client costs bounded memory
 //! and never stalls anyone else (its replies stay in its own queue).
+//!
+//! Memory bound: every reply byte held for a client (in its queue, ready or not yet
+//! written) is counted, per client and for the whole process ([`buffered_output`]).
+//! Requests already in flight when reading stopped still deliver; a client that lets more
+//! than `2 × max_output` pile up, or that holds more than its share when the process holds
+//! `max_buffered` in all, is disconnected and its replies are dropped at once (counted as
+//! `output_overflows`). So one client costs at most `2 × max_output` plus one reply.
 
+use std::cell::Cell;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -32,6 +41,26 @@ pub struct ClientCtx {
     pub limits: Limits,
     pub max_pending: usize,
     pub max_output: usize,
+    /// Reply bytes all clients of the process may hold unread.
+    pub max_buffered: usize,
+}
+
+/// Reply bytes held for clients, in the whole process.
+static BUFFERED: AtomicUsize = AtomicUsize::new(0);
+
+/// Reply bytes the process holds for clients right now (for metrics and tests).
+pub fn buffered_output() -> usize {
+    BUFFERED.load(Relaxed)
+}
+
+/// What a client over the global cap must hold, at least, to be the one disconnected.
+const FAIR_SHARE: usize = 1 << 20;
+
+fn reply_len(r: &Reply) -> usize {
+    match r {
+        Reply::Data(b) | Reply::Error(b) => b.len(),
+        Reply::Chunks(c) => c.iter().map(Bytes::len).sum(),
+    }
 }
 
 enum SlotState {
@@ -49,6 +78,38 @@ struct Queue {
 /// A connection's ordered reply queue, shared with the completions of its requests.
 pub struct Replies {
     q: RefCell<Queue>,
+    /// Reply bytes held for this client (ready slots and the output queue).
+    held: Cell<usize>,
+    /// Most bytes it may hold before it is disconnected.
+    limit: usize,
+    /// The process-wide cap ([`ClientCtx::max_buffered`]).
+    global_limit: usize,
+    /// Disconnected for holding too much: replies are dropped as they arrive.
+    overflowed: Cell<bool>,
+}
+
+impl Replies {
+    fn hold(&self, n: usize) {
+        self.held.set(self.held.get() + n);
+        BUFFERED.fetch_add(n, Relaxed);
+    }
+
+    fn release(&self, n: usize) {
+        let n = n.min(self.held.get());
+        self.held.set(self.held.get() - n);
+        BUFFERED.fetch_sub(n, Relaxed);
+    }
+
+    /// Drops everything held: the client is gone or being disconnected.
+    fn release_all(&self) {
+        self.release(self.held.get());
+    }
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        self.release_all();
+    }
 }
 
 /// A place in a client's reply queue; filling it is how a reply reaches the client.
@@ -61,9 +122,29 @@ pub struct Slot {
 impl Slot {
     pub fn fill(self, reply: Reply) {
         let hidden = match &reply {
-            Reply::Data(d) => self.quiet.hides(d),
-            Reply::Chunks(_) | Reply::Error(_) => self.quiet == Quiet::All,
+            Reply::Data(_) | Reply::Chunks(_) => self.quiet.hides(reply.head()),
+            Reply::Error(_) => self.quiet == Quiet::All,
         };
+        let conn = &self.conn;
+        if conn.overflowed.get() {
+            return; // disconnected: nobody will read it
+        }
+        let len = if hidden { 0 } else { reply_len(&reply) };
+        let held = conn.held.get() + len;
+        if held > conn.limit
+            || (held > FAIR_SHARE && BUFFERED.load(Relaxed) + len > conn.global_limit)
+        {
+            conn.overflowed.set(true);
+            let mut q = conn.q.borrow_mut();
+            for s in q.slots.iter_mut() {
+                *s = SlotState::Empty;
+            }
+            if let Some(w) = q.waker.take() {
+                w.wake();
+            }
+            return;
+        }
+        conn.hold(len);
         let mut q = self.conn.q.borrow_mut();
         let idx = (self.seq - q.head_seq) as usize;
         q.slots[idx] = if hidden {
@@ -80,13 +161,17 @@ impl Slot {
 }
 
 impl Replies {
-    fn new() -> Rc<Replies> {
+    fn new(limit: usize, global_limit: usize) -> Rc<Replies> {
         Rc::new(Replies {
             q: RefCell::new(Queue {
                 slots: VecDeque::new(),
                 head_seq: 0,
                 waker: None,
             }),
+            held: Cell::new(0),
+            limit,
+            global_limit,
+            overflowed: Cell::new(false),
         })
     }
 
@@ -117,6 +202,7 @@ struct Conn {
 impl Conn {
     fn push_out(&mut self, b: Bytes) {
         if !b.is_empty() {
+            self.replies.hold(b.len());
             self.out_bytes += b.len();
             self.out.push_back(b);
         }
@@ -130,6 +216,7 @@ impl Conn {
             drop(q);
             self.push_out(b);
         } else {
+            self.replies.hold(b.len());
             q.slots.push_back(SlotState::Ready(Reply::Data(b)));
         }
     }
@@ -174,7 +261,6 @@ impl Conn {
                         // Routed now, so it reaches the key's server before anything this
                         // client sends next; its reply is memcached's business, not the
                         // client's.
-                        let key = self.rbuf[key].to_vec();
                         ctx.route
                             .route(crate::route::wire::delete(&key), Completion::then(|_| {}));
                     }
@@ -199,11 +285,7 @@ impl Conn {
                         Parsed::Stats(args) => {
                             self.local(Bytes::from(ctx.shared.render(&args)));
                         }
-                        Parsed::Verbosity { noreply } => {
-                            if !noreply {
-                                self.local(Bytes::from_static(b"OK\r\n"));
-                            }
-                        }
+                        Parsed::Verbosity => self.local(Bytes::from_static(b"OK\r\n")),
                         Parsed::Mn => self.local(Bytes::from_static(b"MN\r\n")),
                         Parsed::Quit => {
                             self.closing = true;
@@ -223,6 +305,7 @@ impl Conn {
         while let Some(SlotState::Ready(_) | SlotState::Empty) = q.slots.front() {
             let slot = q.slots.pop_front().expect("front exists");
             q.head_seq += 1;
+            // Already counted as held when the slot was filled.
             if let SlotState::Ready(reply) = slot {
                 match reply {
                     Reply::Data(b) | Reply::Error(b) => {
@@ -247,7 +330,7 @@ impl Conn {
 pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
     let _ = stream.set_nodelay(true);
     let mut c = Conn {
-        replies: Replies::new(),
+        replies: Replies::new(ctx.max_output.saturating_mul(2), ctx.max_buffered),
         rbuf: BytesMut::with_capacity(16 * 1024),
         out: VecDeque::new(),
         out_bytes: 0,
@@ -258,6 +341,14 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
     let stats = ctx.stats.clone();
     let _ = poll_fn(|cx| -> Poll<io::Result<()>> {
         loop {
+            if c.replies.overflowed.get() {
+                stats.output_overflows.add(1);
+                tracing::debug!(
+                    limit = c.replies.limit,
+                    "client disconnected: it left more replies unread than max_client_output x 2 (or the process cap max_buffered_output)"
+                );
+                return Poll::Ready(Ok(()));
+            }
             let mut progress = c.dispatch(&ctx);
             c.collect();
             // Write what is ready in one go.
@@ -266,6 +357,7 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
                 Ok(w) => {
                     stats.bytes_written.add(w as u64);
                     c.out_bytes -= w;
+                    c.replies.release(w);
                     progress = true;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
@@ -321,7 +413,27 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
         }
     })
     .await;
+    // Free what the client left behind now, not when the last in-flight reply arrives.
+    let held = c.replies.held.get();
+    c.out.clear();
+    c.replies.overflowed.set(true);
+    c.replies.q.borrow_mut().slots.clear();
+    c.replies.release_all();
+    drop(c);
+    if held >= FAIR_SHARE {
+        trim_heap();
+    }
     stats.closed_connections.add(1);
+}
+
+/// Gives freed memory back to the operating system (glibc keeps freed heap memory
+/// otherwise, so a burst of large unread replies would stay in the router's RSS).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Reads once. A read that did not fill the buffer drained the socket, so tokio's

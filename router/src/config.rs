@@ -28,7 +28,9 @@
 //! max_item_size = 1048576
 //! max_connections = 4096
 //! max_pending_per_client = 256
-//! max_client_output = 4194304
+//! max_client_output = 4194304         # unread reply bytes per client (x2: disconnected)
+//! max_buffered_output = 1073741824     # unread reply bytes in the whole process
+//! max_get_line = 16777216              # longest get/gets/gat/gats line
 //! ```
 //!
 //! Route trees (`[route] type = ...`, `[routes.NAME]`) are parsed and validated in
@@ -126,6 +128,8 @@ struct RawLimits {
     max_connections: Option<Spanned<i64>>,
     max_pending_per_client: Option<Spanned<i64>>,
     max_client_output: Option<Spanned<i64>>,
+    max_buffered_output: Option<Spanned<i64>>,
+    max_get_line: Option<Spanned<i64>>,
     max_backend_queue: Option<Spanned<i64>>,
 }
 
@@ -187,7 +191,14 @@ pub struct Limits {
     pub max_item_size: usize,
     pub max_connections: usize,
     pub max_pending_per_client: usize,
+    /// Reply bytes a client may leave unread: reading stops at this, and a client that
+    /// lets twice this much pile up (requests already in flight) is disconnected.
     pub max_client_output: usize,
+    /// Reply bytes the whole process holds for clients that have not read them yet; past
+    /// it, a client holding more than its share is disconnected.
+    pub max_buffered_output: usize,
+    /// Longest `get`/`gets`/`gat`/`gats` line a client may send.
+    pub max_get_line: usize,
     pub max_backend_queue: usize,
 }
 
@@ -360,6 +371,15 @@ impl Config {
                 1024,
                 1 << 30,
             )? as usize,
+            max_buffered_output: cx.int(
+                &l.max_buffered_output,
+                "max_buffered_output",
+                1 << 30,
+                1 << 20,
+                1 << 40,
+            )? as usize,
+            max_get_line: cx.int(&l.max_get_line, "max_get_line", 16 << 20, 2048, 1 << 30)?
+                as usize,
             max_backend_queue: cx.int(
                 &l.max_backend_queue,
                 "max_backend_queue",

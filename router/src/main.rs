@@ -34,6 +34,7 @@ struct Cli {
 
 fn main() {
     let cli = Cli::parse();
+    fixed_mmap_threshold();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -112,4 +113,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Large buffers (values of hundreds of KB, reply queues of slow clients) are mapped on
+/// their own and unmapped when freed, instead of glibc raising its mmap threshold after the
+/// first such free and keeping the memory in the heap for good.
+fn fixed_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tunables; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
 }

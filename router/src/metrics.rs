@@ -35,6 +35,10 @@ fn publish(s: &Shared) {
     metrics::counter!("squeal_router_get_misses_total").absolute(s.sum(|w| w.get_misses.get()));
     metrics::counter!("squeal_router_client_errors_total")
         .absolute(s.sum(|w| w.client_errors.get()));
+    metrics::counter!("squeal_router_clients_closed_total", "reason" => "output_overflow")
+        .absolute(s.sum(|w| w.output_overflows.get()));
+    metrics::gauge!("squeal_router_buffered_output_bytes")
+        .set(crate::client::buffered_output() as f64);
     metrics::counter!("squeal_router_backend_errors_total")
         .absolute(s.sum(|w| w.backend_errors.get()));
     metrics::counter!("squeal_router_connections_total")
@@ -98,6 +102,10 @@ fn publish(s: &Shared) {
             .absolute(sv.errors.load(Relaxed));
         metrics::counter!("squeal_router_server_timeouts_total", &labels)
             .absolute(sv.timeouts.load(Relaxed));
+        metrics::counter!("squeal_router_server_desyncs_total", &labels)
+            .absolute(sv.desyncs.load(Relaxed));
+        metrics::counter!("squeal_router_server_resets_total", &labels)
+            .absolute(sv.resets.load(Relaxed));
         metrics::counter!("squeal_router_server_connect_failures_total", &labels)
             .absolute(sv.connect_failures.load(Relaxed));
     }

@@ -35,6 +35,8 @@ pub struct WorkerStats {
     pub total_connections: Counter,
     pub rejected_connections: Counter,
     pub client_errors: Counter,
+    /// Clients disconnected for leaving too many reply bytes unread.
+    pub output_overflows: Counter,
     pub backend_errors: Counter,
     pub bytes_read: Counter,
     pub bytes_written: Counter,
@@ -66,6 +68,11 @@ pub struct ServerStats {
     pub connect_failures: AtomicU64,
     pub timeouts: AtomicU64,
     pub errors: AtomicU64,
+    /// Connections reset because a reply did not answer the request it was matched to
+    /// (wrong or missing opaque): each one failed only the requests on that connection.
+    pub desyncs: AtomicU64,
+    /// Connections that went down after being up (server closed, error, timeout, desync).
+    pub resets: AtomicU64,
     /// Health: consecutive failed requests (reset by any reply).
     pub fails: AtomicU32,
     /// Health: marked down (TKO); requests fail at once until a probe succeeds.
@@ -86,6 +93,8 @@ impl ServerStats {
             connect_failures: AtomicU64::new(0),
             timeouts: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            desyncs: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
             fails: AtomicU32::new(0),
             tko: AtomicBool::new(false),
             tko_marks: AtomicU64::new(0),
@@ -227,6 +236,8 @@ impl Shared {
         stat("get_hits", &self.sum(|w| w.get_hits.get()));
         stat("get_misses", &self.sum(|w| w.get_misses.get()));
         stat("client_errors", &self.sum(|w| w.client_errors.get()));
+        stat("output_overflows", &self.sum(|w| w.output_overflows.get()));
+        stat("buffered_output_bytes", &crate::client::buffered_output());
         stat("backend_errors", &self.sum(|w| w.backend_errors.get()));
         stat("bytes_read", &self.sum(|w| w.bytes_read.get()));
         stat("bytes_written", &self.sum(|w| w.bytes_written.get()));
@@ -267,6 +278,8 @@ impl Shared {
                 sv.connect_failures.load(Relaxed)
             );
             let _ = write!(s, "STAT {p}:timeouts {}\r\n", sv.timeouts.load(Relaxed));
+            let _ = write!(s, "STAT {p}:desyncs {}\r\n", sv.desyncs.load(Relaxed));
+            let _ = write!(s, "STAT {p}:resets {}\r\n", sv.resets.load(Relaxed));
             let _ = write!(s, "STAT {p}:errors {}\r\n", sv.errors.load(Relaxed));
             let _ = write!(s, "STAT {p}:tko_marks {}\r\n", sv.tko_marks.load(Relaxed));
             let _ = write!(

@@ -245,10 +245,11 @@ pub fn run(
             shared: shared.clone(),
             limits: Limits {
                 max_value: cfg.limits.max_item_size,
-                ..Limits::default()
+                max_get_line: cfg.limits.max_get_line,
             },
             max_pending: cfg.limits.max_pending_per_client,
             max_output: cfg.limits.max_client_output,
+            max_buffered: cfg.limits.max_buffered_output,
         });
         let mut accepts = Vec::new();
         for l in listeners {

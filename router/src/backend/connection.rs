@@ -2,9 +2,12 @@
 //!
 //! Clients append requests to the connection's queue ([`BackendConn::send`]) and wake its
 //! task. Because waking only schedules the task, every request queued during one turn of
-//! the worker's event loop goes out in a single `writev`. Replies come back in request
-//! order; each is cut off the read buffer as one `Bytes` (no copy) and handed to the
-//! request's [`Completion`].
+//! the worker's event loop goes out in a single `writev`. Requests are encoded by
+//! [`super::codec`] as meta commands with the router's own opaque token; replies come back
+//! in request order, each checked against the opaque its request carries before it is
+//! handed to the request's [`Completion`]. A reply that does not match is a desync: the
+//! connection is reset and only its own outstanding requests fail, each exactly once,
+//! after every reply already matched was delivered.
 //!
 //! The task connects with a timeout, fails every queued request when the connection breaks
 //! or a reply is overdue, and reconnects with exponential backoff. While the server is
@@ -25,8 +28,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::protocol::reply::{scan, Scan};
-use crate::protocol::Frame;
+use super::codec::{self, Expect, Took};
+use crate::protocol::Request;
 use crate::route::{Completion, Reply};
 use crate::stats::{ServerStats, WorkerStats};
 
@@ -49,13 +52,17 @@ enum State {
 }
 
 struct Pending {
-    frame: Frame,
+    expect: Expect,
     nkeys: u16,
     done: Completion,
 }
 
 struct Inner {
     out: VecDeque<Bytes>,
+    /// Where request lines are written before they are cut off as `Bytes`.
+    arena: BytesMut,
+    /// The next opaque token.
+    next_opaque: u32,
     pending: VecDeque<Pending>,
     waker: Option<Waker>,
     state: State,
@@ -76,6 +83,8 @@ impl BackendConn {
         Rc::new(BackendConn {
             inner: RefCell::new(Inner {
                 out: VecDeque::new(),
+                arena: BytesMut::new(),
+                next_opaque: 0,
                 pending: VecDeque::new(),
                 waker: None,
                 state: State::Connecting,
@@ -87,8 +96,8 @@ impl BackendConn {
         })
     }
 
-    /// Queues a request. `wire2` (may be empty) is sent right after `wire`.
-    pub fn send(&self, wire: Bytes, wire2: Bytes, frame: Frame, nkeys: u16, done: Completion) {
+    /// Queues a request; `done` is completed with its reply, or an error, exactly once.
+    pub fn send(&self, req: Request, done: Completion) {
         let mut i = self.inner.borrow_mut();
         if i.state == State::Down || i.pending.len() >= self.max_queue {
             drop(i);
@@ -104,11 +113,21 @@ impl BackendConn {
         if i.pending.is_empty() {
             i.last_progress = Instant::now();
         }
-        i.out.push_back(wire);
-        if !wire2.is_empty() {
-            i.out.push_back(wire2);
+        let nkeys = match &req {
+            Request::Keyed(k) => k.nkeys,
+            Request::MultiGet(m) => m.keys.len().min(u16::MAX as usize) as u16,
+            _ => 0,
+        };
+        let i = &mut *i;
+        if i.arena.capacity() - i.arena.len() < 512 {
+            i.arena.reserve(16 * 1024);
         }
-        i.pending.push_back(Pending { frame, nkeys, done });
+        let expect = codec::encode(req, &mut i.next_opaque, &mut i.arena, &mut i.out);
+        i.pending.push_back(Pending {
+            expect,
+            nkeys,
+            done,
+        });
         if let Some(w) = i.waker.take() {
             w.wake();
         }
@@ -172,7 +191,6 @@ impl BackendConn {
     /// Pumps requests out and replies in until the connection fails; returns why.
     async fn serve(&self, stream: TcpStream, read_timeout: Duration) -> String {
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
-        let mut scan_state = Scan::default();
         let mut timer = Box::pin(tokio::time::sleep(read_timeout));
         let mut completed: Vec<(Completion, Reply)> = Vec::new();
         let result = poll_fn(|cx| loop {
@@ -198,13 +216,14 @@ impl BackendConn {
                             )))
                         }
                         Ok(_) => {
-                            if let Err(e) =
-                                self.take_replies(&mut rbuf, &mut scan_state, &mut completed)
-                            {
-                                return Poll::Ready(Err(e));
-                            }
+                            let taken = self.take_replies(&mut rbuf, &mut completed);
+                            // Every reply already matched reaches its client, even when
+                            // the connection is about to be reset.
                             for (done, reply) in completed.drain(..) {
                                 done.complete(reply);
+                            }
+                            if let Err(e) = taken {
+                                return Poll::Ready(Err(e));
                             }
                             continue;
                         }
@@ -237,6 +256,7 @@ impl BackendConn {
             return Poll::Pending;
         })
         .await;
+        self.server.resets.fetch_add(1, Relaxed);
         match result {
             Ok(()) => "closed".to_string(),
             Err(e) => {
@@ -251,47 +271,45 @@ impl BackendConn {
     fn take_replies(
         &self,
         rbuf: &mut BytesMut,
-        st: &mut Scan,
         completed: &mut Vec<(Completion, Reply)>,
     ) -> io::Result<()> {
         let mut i = self.inner.borrow_mut();
+        let i = &mut *i;
         let mut any = false;
-        while !rbuf.is_empty() {
-            let Some(p) = i.pending.front() else {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "reply without a request",
-                ));
-            };
-            let len = match scan(p.frame, rbuf, st) {
-                Ok(Some(len)) => len,
-                Ok(None) => break,
-                Err(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "unparsable reply",
-                    ))
-                }
-            };
-            let p = i.pending.pop_front().expect("front exists");
-            let data = rbuf.split_to(len).freeze();
-            if p.nkeys > 0 {
-                let hits = match p.frame {
-                    Frame::Values => st.hits as u64,
-                    _ => u64::from(!data.starts_with(b"EN")),
-                };
-                self.stats.get_hits.add(hits);
-                self.stats
-                    .get_misses
-                    .add((p.nkeys as u64).saturating_sub(hits));
+        let result = loop {
+            if rbuf.is_empty() {
+                break Ok(());
             }
-            *st = Scan::default();
-            completed.push((p.done, Reply::Data(data)));
-            any = true;
-        }
+            let Some(p) = i.pending.front_mut() else {
+                break Err(codec::Desync(format!(
+                    "a reply without a request: {}",
+                    String::from_utf8_lossy(&rbuf[..rbuf.len().min(64)])
+                )));
+            };
+            match p.expect.take(rbuf, &mut i.arena) {
+                Ok(Took::NeedMore) => break Ok(()),
+                Ok(Took::Partial) => any = true,
+                Ok(Took::Done(reply)) => {
+                    let p = i.pending.pop_front().expect("front exists");
+                    if p.nkeys > 0 {
+                        let hits = u64::from(p.expect.hits);
+                        self.stats.get_hits.add(hits);
+                        self.stats
+                            .get_misses
+                            .add((p.nkeys as u64).saturating_sub(hits));
+                    }
+                    completed.push((p.done, reply));
+                    any = true;
+                }
+                Err(e) => break Err(e),
+            }
+        };
         if any {
             i.last_progress = Instant::now();
         }
-        Ok(())
+        result.map_err(|codec::Desync(why)| {
+            self.server.desyncs.fetch_add(1, Relaxed);
+            io::Error::new(io::ErrorKind::InvalidData, format!("out of sync: {why}"))
+        })
     }
 }

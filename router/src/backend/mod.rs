@@ -1,6 +1,7 @@
 //! Backend connections: long-lived, pipelined connections from one worker to one memcached
 //! server, shared by all the worker's clients.
 
+pub mod codec;
 pub mod connection;
 
 pub use connection::{BackendConn, Timeouts};

@@ -3,15 +3,20 @@
 //! Parsing is split from execution: [`parse`] only looks at a borrowed slice and reports
 //! how many bytes one request takes and what it is, with positions instead of copies. The
 //! client then cuts exactly those bytes off its `BytesMut` (one `split_to().freeze()`, no
-//! copy) and [`Step::into_parsed`] turns positions into `Bytes` slices of that frame. A
-//! request line plus its value usually travel to the backend as that one slice.
+//! copy) and [`Raw::into_parsed`] turns positions into `Bytes` slices of that frame (a
+//! value travels to the backend as that slice).
 //!
-//! The router only understands as much of a command as it needs to route it, frame it
-//! and keep the connection in sync (key, value length, `noreply`, meta `q` and `b`). Every
-//! other argument is checked by the memcached server, whose error reply is passed back
-//! unchanged: that is how replies stay byte-identical to memcached's.
+//! **Isolation rests here.** Backend connections are shared by every client of a worker,
+//! and replies are matched to requests there. So the router never forwards a client's
+//! bytes: every command is parsed as strictly as memcached 1.6 parses it (same tokenizer,
+//! token counts, number rules, meta flag rules, and the same decisions about when a value
+//! is swallowed), whatever memcached would refuse is refused here with memcached's own
+//! error, and what is accepted becomes a typed [`Op`] that the backend codec
+//! (`crate::backend::codec`) rebuilds as one canonical meta command with the router's own
+//! opaque token. Nothing a client sends reaches a backend as it was sent.
 
 pub mod meta;
+pub mod number;
 pub mod reply;
 pub mod text;
 
@@ -122,18 +127,6 @@ impl Cmd {
     }
 }
 
-/// How a backend's reply to a request is delimited, so replies can be matched to requests
-/// on a pipelined connection without understanding them fully.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Frame {
-    /// One line (`STORED`, `DELETED`, `HD`, `CLIENT_ERROR ...`).
-    Line,
-    /// `VALUE` blocks up to `END` (get/gets/gat/gats), or one error line.
-    Values,
-    /// One line, followed by a data block when it starts with `VA` (mg, ma).
-    Meta,
-}
-
 /// Which replies the client asked not to see. The router never forwards `noreply` or the
 /// meta `q` flag: a backend that stays silent could not be matched on a pipelined
 /// connection, so the backend always answers and the router drops what the client muted.
@@ -162,6 +155,63 @@ impl Quiet {
     }
 }
 
+/// The text storage commands, as the backend's `ms` modes express them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    Cas,
+}
+
+/// What the backend is asked to do for one key. Every field was checked by the parser;
+/// the backend codec turns it into one meta command.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Text `get`/`gets`/`gat`/`gats` of one key (answered as `VALUE ... END`).
+    Get {
+        cas: bool,
+        touch: Option<i32>,
+    },
+    /// Text storage; `data` is the value with its `\r\n`.
+    Store {
+        mode: StoreMode,
+        flags: u32,
+        exptime: i32,
+        cas: u64,
+        data: Bytes,
+    },
+    Delete,
+    Arith {
+        decr: bool,
+        delta: u64,
+    },
+    Touch {
+        exptime: i32,
+    },
+    /// A meta command (`mg`/`ms`/`md`/`ma`/`me`), rebuilt from its validated tokens.
+    Meta(MetaOp),
+}
+
+/// A client's meta command, ready for a backend.
+#[derive(Debug, Clone)]
+pub struct MetaOp {
+    /// Command, key and flags without `q` and `O`, without `\r\n`.
+    pub line: Bytes,
+    /// Where in `line` the router's ` O<n>` goes: where the client had its own, so the
+    /// reply's flags come back in the order memcached would give them.
+    pub opaque_at: usize,
+    /// The value of an `ms`, with its `\r\n` (empty otherwise).
+    pub data: Bytes,
+    /// The client's own `O` token (with the `O`), put back into the reply.
+    pub opaque: Option<Bytes>,
+    /// False for `me` (no flags) and for a command with no room left for the router's
+    /// opaque under memcached's token limit: such a reply is matched by order alone.
+    pub takes_opaque: bool,
+}
+
 /// A request that needs a backend: what a [`crate::route::Route`] receives.
 #[derive(Debug, Clone)]
 pub enum Request {
@@ -169,10 +219,13 @@ pub enum Request {
     Keyed(KeyedRequest),
     /// A get/gets/gat/gats with several keys, possibly on several servers.
     MultiGet(MultiGetRequest),
-    /// `flush_all` (already without `noreply`): goes to every server.
-    FlushAll { wire: Bytes },
+    /// `flush_all [delay]`: goes to every server.
+    FlushAll { delay: Option<i32> },
     /// `version`: answered by a backend server.
     Version,
+    /// `stats settings|items|slabs|sizes|conns|reset`: asked of every server of a pool
+    /// and merged (see `crate::route::pool`).
+    Stats { args: Bytes },
 }
 
 impl Request {
@@ -182,6 +235,7 @@ impl Request {
             Request::MultiGet(m) => m.cmd,
             Request::FlushAll { .. } => Cmd::FlushAll,
             Request::Version => Cmd::Version,
+            Request::Stats { .. } => Cmd::Stats,
         }
     }
 }
@@ -191,11 +245,7 @@ pub struct KeyedRequest {
     pub cmd: Cmd,
     /// The key to hash (base64-decoded for meta `b`).
     pub key: Bytes,
-    /// Bytes to send: the command line (and value), ready for the backend.
-    pub wire: Bytes,
-    /// A second part to send right after `wire` (the value, when the line was rewritten).
-    pub wire2: Bytes,
-    pub frame: Frame,
+    pub op: Op,
     /// How many keys a hit/miss count covers (0: not a retrieval).
     pub nkeys: u16,
 }
@@ -203,11 +253,36 @@ pub struct KeyedRequest {
 #[derive(Debug, Clone)]
 pub struct MultiGetRequest {
     pub cmd: Cmd,
-    /// `get`, `gets`, `gat <exptime>` or `gats <exptime>`: what each per-server line starts with.
-    pub head: Bytes,
     pub keys: Vec<Bytes>,
-    /// The whole original line, sent as it is when every key lives on one server.
-    pub line: Bytes,
+    /// `gets`/`gats`: return CAS values.
+    pub cas: bool,
+    /// `gat`/`gats`: the new exptime.
+    pub touch: Option<i32>,
+}
+
+impl MultiGetRequest {
+    /// The same command for `keys` (a share of this one, on one server).
+    pub fn with_keys(&self, keys: Vec<Bytes>) -> MultiGetRequest {
+        MultiGetRequest {
+            cmd: self.cmd,
+            keys,
+            cas: self.cas,
+            touch: self.touch,
+        }
+    }
+
+    /// The same command for one key.
+    pub fn single(&self, key: Bytes) -> KeyedRequest {
+        KeyedRequest {
+            cmd: self.cmd,
+            key,
+            op: Op::Get {
+                cas: self.cas,
+                touch: self.touch,
+            },
+            nkeys: 1,
+        }
+    }
 }
 
 /// What the client connection does with one parsed frame.
@@ -217,10 +292,9 @@ pub enum Parsed {
     Route(Request, Quiet),
     /// Answer locally with these bytes (errors memcached would give).
     Reply(&'static [u8]),
+    /// `stats` with these arguments, answered by the router itself.
     Stats(Bytes),
-    Verbosity {
-        noreply: bool,
-    },
+    Verbosity,
     Mn,
     Quit,
 }
@@ -230,7 +304,8 @@ pub enum Parsed {
 pub struct Limits {
     /// Largest value accepted; larger ones are refused and drained.
     pub max_value: usize,
-    /// Longest `get`/`gets` line (memcached bounds other lines at 2048 bytes).
+    /// Longest `get`/`gets`/`gat`/`gats` line: memcached itself has no bound for
+    /// multi-gets, the router bounds what one client can make it buffer.
     pub max_get_line: usize,
 }
 
@@ -238,7 +313,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_value: 1024 * 1024,
-            max_get_line: 256 * 1024,
+            max_get_line: 16 * 1024 * 1024,
         }
     }
 }
@@ -250,11 +325,35 @@ pub enum KeyRef {
     Decoded(Bytes),
 }
 
-/// Bytes to send: a slice of the frame, or a rewritten line.
+/// An [`Op`] whose value is still a position in the frame.
 #[derive(Debug, Clone)]
-pub enum WireRef {
-    At(Range<usize>),
-    Owned(Bytes),
+pub enum RawOp {
+    Get {
+        cas: bool,
+        touch: Option<i32>,
+    },
+    Store {
+        mode: StoreMode,
+        flags: u32,
+        exptime: i32,
+        cas: u64,
+        data: Range<usize>,
+    },
+    Delete,
+    Arith {
+        decr: bool,
+        delta: u64,
+    },
+    Touch {
+        exptime: i32,
+    },
+    Meta {
+        line: Bytes,
+        opaque_at: usize,
+        data: Option<Range<usize>>,
+        opaque: Option<Range<usize>>,
+        takes_opaque: bool,
+    },
 }
 
 /// A parsed frame with positions into the buffer it was parsed from.
@@ -263,28 +362,26 @@ pub enum Raw {
     Keyed {
         cmd: Cmd,
         key: KeyRef,
-        wire: WireRef,
-        wire2: Option<Range<usize>>,
-        frame: Frame,
+        op: RawOp,
         quiet: Quiet,
         nkeys: u16,
     },
     MultiGet {
         cmd: Cmd,
-        head: Range<usize>,
         keys: Vec<Range<usize>>,
-        line: Range<usize>,
+        cas: bool,
+        touch: Option<i32>,
     },
     FlushAll {
-        wire: WireRef,
+        delay: Option<i32>,
         quiet: Quiet,
     },
     Version,
+    /// Forwarded stats (`settings`, `items`, ...): the argument bytes.
+    BackendStats(Range<usize>),
     Reply(&'static [u8]),
     Stats(Range<usize>),
-    Verbosity {
-        noreply: bool,
-    },
+    Verbosity,
     Mn,
     Quit,
 }
@@ -305,9 +402,10 @@ pub enum Step {
         /// Where the key sits in the buffer when the refusal must also delete it: memcached
         /// unlinks the old item when a `set` is refused as too large, so that a value the
         /// application tried to replace is not served on.
-        delete: Option<std::ops::Range<usize>>,
+        delete: Option<Vec<u8>>,
     },
-    /// What memcached does with an unterminated line this long: close the connection.
+    /// What memcached does with an unterminated line this long, or with `quit`: close
+    /// this client's connection (after the replies before it).
     Close,
 }
 
@@ -319,54 +417,84 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Step {
 impl Raw {
     /// Resolves positions against `frame`, the bytes the request was parsed from.
     pub fn into_parsed(self, frame: &Bytes) -> Parsed {
-        let wire = |w: WireRef| match w {
-            WireRef::At(r) => frame.slice(r),
-            WireRef::Owned(b) => b,
-        };
         match self {
             Raw::Keyed {
                 cmd,
                 key,
-                wire: w,
-                wire2,
-                frame: f,
+                op,
                 quiet,
                 nkeys,
-            } => Parsed::Route(
-                Request::Keyed(KeyedRequest {
-                    cmd,
-                    key: match key {
-                        KeyRef::At(r) => frame.slice(r),
-                        KeyRef::Decoded(b) => b,
+            } => {
+                let op = match op {
+                    RawOp::Get { cas, touch } => Op::Get { cas, touch },
+                    RawOp::Store {
+                        mode,
+                        flags,
+                        exptime,
+                        cas,
+                        data,
+                    } => Op::Store {
+                        mode,
+                        flags,
+                        exptime,
+                        cas,
+                        data: frame.slice(data),
                     },
-                    wire: wire(w),
-                    wire2: wire2.map(|r| frame.slice(r)).unwrap_or_default(),
-                    frame: f,
-                    nkeys,
-                }),
-                quiet,
-            ),
+                    RawOp::Delete => Op::Delete,
+                    RawOp::Arith { decr, delta } => Op::Arith { decr, delta },
+                    RawOp::Touch { exptime } => Op::Touch { exptime },
+                    RawOp::Meta {
+                        line,
+                        opaque_at,
+                        data,
+                        opaque,
+                        takes_opaque,
+                    } => Op::Meta(MetaOp {
+                        line,
+                        opaque_at,
+                        data: data.map(|r| frame.slice(r)).unwrap_or_default(),
+                        opaque: opaque.map(|r| frame.slice(r)),
+                        takes_opaque,
+                    }),
+                };
+                Parsed::Route(
+                    Request::Keyed(KeyedRequest {
+                        cmd,
+                        key: match key {
+                            KeyRef::At(r) => frame.slice(r),
+                            KeyRef::Decoded(b) => b,
+                        },
+                        op,
+                        nkeys,
+                    }),
+                    quiet,
+                )
+            }
             Raw::MultiGet {
                 cmd,
-                head,
                 keys,
-                line,
+                cas,
+                touch,
             } => Parsed::Route(
                 Request::MultiGet(MultiGetRequest {
                     cmd,
-                    head: frame.slice(head),
                     keys: keys.into_iter().map(|r| frame.slice(r)).collect(),
-                    line: frame.slice(line),
+                    cas,
+                    touch,
                 }),
                 Quiet::No,
             ),
-            Raw::FlushAll { wire: w, quiet } => {
-                Parsed::Route(Request::FlushAll { wire: wire(w) }, quiet)
-            }
+            Raw::FlushAll { delay, quiet } => Parsed::Route(Request::FlushAll { delay }, quiet),
             Raw::Version => Parsed::Route(Request::Version, Quiet::No),
+            Raw::BackendStats(r) => Parsed::Route(
+                Request::Stats {
+                    args: frame.slice(r),
+                },
+                Quiet::No,
+            ),
             Raw::Reply(r) => Parsed::Reply(r),
             Raw::Stats(r) => Parsed::Stats(frame.slice(r)),
-            Raw::Verbosity { noreply } => Parsed::Verbosity { noreply },
+            Raw::Verbosity => Parsed::Verbosity,
             Raw::Mn => Parsed::Mn,
             Raw::Quit => Parsed::Quit,
         }
@@ -378,8 +506,8 @@ impl Raw {
             Raw::FlushAll { .. } => Cmd::FlushAll,
             Raw::Version => Cmd::Version,
             Raw::Reply(_) => Cmd::Other,
-            Raw::Stats(_) => Cmd::Stats,
-            Raw::Verbosity { .. } => Cmd::Verbosity,
+            Raw::Stats(_) | Raw::BackendStats(_) => Cmd::Stats,
+            Raw::Verbosity => Cmd::Verbosity,
             Raw::Mn => Cmd::Mn,
             Raw::Quit => Cmd::Quit,
         }
@@ -391,66 +519,42 @@ pub const BAD_FORMAT: &[u8] = b"CLIENT_ERROR bad command line format\r\n";
 pub const BAD_CHUNK: &[u8] = b"CLIENT_ERROR bad data chunk\r\n";
 pub const TOO_LARGE: &[u8] = b"SERVER_ERROR object too large for cache\r\n";
 pub const BAD_EXPTIME: &[u8] = b"CLIENT_ERROR invalid exptime argument\r\n";
+pub const BAD_DELTA: &[u8] = b"CLIENT_ERROR invalid numeric delta argument\r\n";
 pub const BAD_B64_KEY: &[u8] = b"CLIENT_ERROR error decoding key\r\n";
 
-/// memcached's tokenizer: single spaces separate tokens, runs of spaces produce no empty
-/// tokens. Returns the number of tokens written; at most `out.len()`, the last one holding
-/// the rest of the line when there are more.
-pub(crate) fn tokenize(line: &[u8], base: usize, out: &mut [Range<usize>]) -> usize {
-    let mut n = 0;
+/// memcached's `tokenize_command`: single spaces separate tokens, runs of spaces produce no
+/// empty tokens, the line ends at its first NUL byte (memcached works on C strings). At
+/// most `max` tokens; the last one then holds the rest of the line. Returns the ranges
+/// (relative to `line`) and whether the line was cut at `max` tokens.
+pub(crate) fn tokenize(line: &[u8], max: usize) -> (Vec<Range<usize>>, bool) {
+    let len = memchr::memchr(0, line).unwrap_or(line.len());
+    let mut out = Vec::with_capacity(8);
     let mut start = 0;
-    let len = line.len();
     let mut i = 0;
     while i < len {
         if line[i] == b' ' {
             if i > start {
-                if n == out.len() - 1 {
-                    out[n] = base + start..base + len;
-                    return n + 1;
+                out.push(start..i);
+                if out.len() == max {
+                    // memcached: the terminal token points at what was not tokenized.
+                    return (out, i + 1 < len);
                 }
-                out[n] = base + start..base + i;
-                n += 1;
             }
             start = i + 1;
         }
         i += 1;
     }
     if len > start {
-        out[n] = base + start..base + len;
-        n += 1;
+        out.push(start..len);
     }
-    n
+    (out, false)
 }
 
-/// Key rule for routing: memcached's length limit plus the project-wide rule
-/// ([`marker::key::validate`]) that also refuses control characters.
+/// memcached's only key rule in the text and meta protocols: at most 250 bytes. A key
+/// cannot hold a space, `\n` or NUL (they end a token or the line) and anything else is a
+/// key byte to memcached, control characters included.
 pub(crate) fn key_ok(key: &[u8]) -> bool {
-    marker::key::validate(key).is_ok()
-}
-
-/// `strtoul`-like: decimal digits only, fits in u64.
-pub(crate) fn parse_u64(t: &[u8]) -> Option<u64> {
-    if t.is_empty() || t.len() > 20 {
-        return None;
-    }
-    let mut v: u64 = 0;
-    for &b in t {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        v = v.checked_mul(10)?.checked_add((b - b'0') as u64)?;
-    }
-    Some(v)
-}
-
-/// `strtol`-like: optional `-`, then decimal digits, fits in i64.
-pub(crate) fn parse_i64(t: &[u8]) -> Option<i64> {
-    match t.split_first() {
-        Some((b'-', rest)) => parse_u64(rest)
-            .filter(|&v| v <= i64::MAX as u64 + 1)
-            .map(|v| (v as i64).wrapping_neg()),
-        _ => parse_u64(t).and_then(|v| i64::try_from(v).ok()),
-    }
+    !key.is_empty() && key.len() <= marker::key::MAX_KEY_LEN
 }
 
 #[cfg(test)]

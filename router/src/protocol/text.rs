@@ -1,20 +1,64 @@
-//! memcached's text protocol, as memcached 1.6 parses it: same tokenizer, same token-count
-//! rules, same decisions about when a value is swallowed and when it is not (so a client
-//! that makes a mistake sees exactly what memcached would show it).
+//! memcached's text protocol, as memcached 1.6.18 parses it (`process_command_ascii` and
+//! the `process_*_command` functions of its `proto_text.c`): the same tokenizer, token-count
+//! rules, number rules, `noreply` rules (which also silence errors), and the same decisions
+//! about when a value is swallowed and when it is not, so a client that makes a mistake
+//! sees exactly what memcached would show it, and nothing it sends can make a backend
+//! answer something the router did not ask for.
 
 use std::ops::Range;
 
-use bytes::{BufMut, BytesMut};
-
+use super::number::{strtol, strtoul, strtoull};
 use super::{
-    key_ok, meta, parse_i64, parse_u64, tokenize, Cmd, Frame, KeyRef, Limits, Quiet, Raw, Step,
-    WireRef, BAD_CHUNK, BAD_EXPTIME, BAD_FORMAT, ERROR, TOO_LARGE,
+    key_ok, meta, tokenize, Cmd, KeyRef, Limits, Quiet, Raw, RawOp, Step, StoreMode, BAD_CHUNK,
+    BAD_DELTA, BAD_EXPTIME, BAD_FORMAT, ERROR, TOO_LARGE,
 };
 
-/// memcached's `MAX_TOKENS` for the text protocol (the last one holds the rest of the line).
+/// memcached's `MAX_TOKENS`, the terminal token included: 23 tokens, the rest in one.
 const MAX_TOKENS: usize = 24;
-/// memcached closes a connection whose first 2048 bytes hold no newline, unless it is a get.
+/// memcached closes a connection whose first 2048 bytes hold no newline, unless it is a
+/// multi-get (the router also lets `gat`/`gats` through: it never forwards such a line).
 const MAX_PLAIN_LINE: usize = 2048;
+
+const DELETE_USAGE: &[u8] =
+    b"CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
+const SHUTDOWN_OFF: &[u8] = b"ERROR: shutdown not enabled\r\n";
+
+/// One command line, tokenized as memcached does it.
+struct Line<'a> {
+    buf: &'a [u8],
+    toks: Vec<Range<usize>>,
+    /// memcached's `ntokens`: the tokens plus its terminal token.
+    ntokens: usize,
+    line_len: usize,
+    /// The last real token is `noreply` (memcached's `set_noreply_maybe`).
+    noreply: bool,
+}
+
+impl<'a> Line<'a> {
+    fn tok(&self, i: usize) -> &'a [u8] {
+        self.toks.get(i).map_or(&b""[..], |r| &self.buf[r.clone()])
+    }
+
+    fn done(&self, raw: Raw) -> Step {
+        Step::Frame {
+            len: self.line_len,
+            raw,
+        }
+    }
+
+    /// memcached's `out_string` after `set_noreply_maybe`: silent under `noreply`.
+    fn err(&self, reply: &'static [u8]) -> Step {
+        self.done(Raw::Reply(if self.noreply { b"" } else { reply }))
+    }
+
+    fn quiet(&self) -> Quiet {
+        if self.noreply {
+            Quiet::All
+        } else {
+            Quiet::No
+        }
+    }
+}
 
 pub fn parse(buf: &[u8], limits: &Limits) -> Step {
     let Some(nl) = memchr::memchr(b'\n', buf) else {
@@ -28,46 +72,71 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Step {
     } else {
         nl
     };
-    let line_len = nl + 1;
-    let mut toks: [Range<usize>; MAX_TOKENS] = std::array::from_fn(|_| 0..0);
-    let n = tokenize(&buf[..end], 0, &mut toks);
-    let toks = &toks[..n];
-    let done = |raw| Step::Frame { len: line_len, raw };
-    if n == 0 {
-        return done(Raw::Reply(ERROR));
+    let (toks, _more) = tokenize(&buf[..end], MAX_TOKENS - 1);
+    let ntokens = toks.len() + 1;
+    let noreply = ntokens >= 3 && &buf[toks[toks.len() - 1].clone()] == b"noreply";
+    let l = Line {
+        buf,
+        toks,
+        ntokens,
+        line_len: nl + 1,
+        noreply,
+    };
+    let cmd = l.tok(0);
+    if l.toks.is_empty() || cmd.len() < 2 {
+        return l.done(Raw::Reply(ERROR));
     }
-    let cmd = &buf[toks[0].clone()];
-    let noreply = n > 1 && &buf[toks[n - 1].clone()] == b"noreply";
+    let n = l.ntokens;
+    let want = |ok: bool, then: &dyn Fn() -> Step| {
+        if ok {
+            then()
+        } else {
+            l.done(Raw::Reply(ERROR))
+        }
+    };
+    if cmd[0] == b'm' && cmd.len() == 2 {
+        let c = match cmd[1] {
+            b'g' => Cmd::Mg,
+            b's' => Cmd::Ms,
+            b'd' => Cmd::Md,
+            b'a' => Cmd::Ma,
+            b'e' => Cmd::Me,
+            b'n' => return l.done(Raw::Mn),
+            _ => return l.done(Raw::Reply(ERROR)),
+        };
+        return meta::parse(buf, end, l.line_len, &l.toks, c, limits);
+    }
     match cmd {
-        b"get" => get(buf, end, line_len, Cmd::Get, false),
-        b"gets" => get(buf, end, line_len, Cmd::Gets, false),
-        b"gat" => get(buf, end, line_len, Cmd::Gat, true),
-        b"gats" => get(buf, end, line_len, Cmd::Gats, true),
-        b"set" => storage(buf, line_len, toks, Cmd::Set, noreply, limits),
-        b"add" => storage(buf, line_len, toks, Cmd::Add, noreply, limits),
-        b"replace" => storage(buf, line_len, toks, Cmd::Replace, noreply, limits),
-        b"append" => storage(buf, line_len, toks, Cmd::Append, noreply, limits),
-        b"prepend" => storage(buf, line_len, toks, Cmd::Prepend, noreply, limits),
-        b"cas" => storage(buf, line_len, toks, Cmd::Cas, noreply, limits),
-        b"delete" if (2..=4).contains(&n) => keyed(buf, line_len, toks, Cmd::Delete, noreply),
-        b"incr" if (3..=4).contains(&n) => keyed(buf, line_len, toks, Cmd::Incr, noreply),
-        b"decr" if (3..=4).contains(&n) => keyed(buf, line_len, toks, Cmd::Decr, noreply),
-        b"touch" if (3..=4).contains(&n) => keyed(buf, line_len, toks, Cmd::Touch, noreply),
-        b"flush_all" if n <= 3 => done(Raw::FlushAll {
-            wire: wire(buf, line_len, toks, noreply),
-            quiet: if noreply { Quiet::All } else { Quiet::No },
+        b"get" | b"bget" => want(n >= 3, &|| get(&l, end, Cmd::Get, false, false)),
+        b"gets" => want(n >= 3, &|| get(&l, end, Cmd::Gets, true, false)),
+        b"gat" => want(n >= 3, &|| get(&l, end, Cmd::Gat, false, true)),
+        b"gats" => want(n >= 3, &|| get(&l, end, Cmd::Gats, true, true)),
+        b"set" => want(n == 6 || n == 7, &|| storage(&l, StoreMode::Set, limits)),
+        b"add" => want(n == 6 || n == 7, &|| storage(&l, StoreMode::Add, limits)),
+        b"append" => want(n == 6 || n == 7, &|| storage(&l, StoreMode::Append, limits)),
+        b"replace" => want(n == 6 || n == 7, &|| {
+            storage(&l, StoreMode::Replace, limits)
         }),
-        b"version" if n == 1 => done(Raw::Version),
-        b"quit" if n == 1 => done(Raw::Quit),
-        b"verbosity" if (2..=3).contains(&n) => done(Raw::Verbosity { noreply }),
-        b"stats" => done(Raw::Stats(toks.get(1).map_or(end..end, |t| t.start..end))),
-        b"mn" => done(Raw::Mn),
-        b"mg" => meta::parse(buf, end, line_len, toks, Cmd::Mg, limits),
-        b"ms" => meta::parse(buf, end, line_len, toks, Cmd::Ms, limits),
-        b"md" => meta::parse(buf, end, line_len, toks, Cmd::Md, limits),
-        b"ma" => meta::parse(buf, end, line_len, toks, Cmd::Ma, limits),
-        b"me" => meta::parse(buf, end, line_len, toks, Cmd::Me, limits),
-        _ => done(Raw::Reply(ERROR)),
+        b"prepend" => want(n == 6 || n == 7, &|| {
+            storage(&l, StoreMode::Prepend, limits)
+        }),
+        b"cas" => want(n == 7 || n == 8, &|| storage(&l, StoreMode::Cas, limits)),
+        b"incr" => want(n == 4 || n == 5, &|| arith(&l, false)),
+        b"decr" => want(n == 4 || n == 5, &|| arith(&l, true)),
+        b"touch" => want(n == 4 || n == 5, &|| touch(&l)),
+        b"delete" => want((3..=5).contains(&n), &|| delete(&l)),
+        b"flush_all" => want((2..=4).contains(&n), &|| flush_all(&l)),
+        b"verbosity" => want(n == 3 || n == 4, &|| match strtoul(l.tok(1)) {
+            Some(_) if l.noreply => l.done(Raw::Reply(b"")),
+            Some(_) => l.done(Raw::Verbosity),
+            None => l.err(BAD_FORMAT),
+        }),
+        b"version" => l.done(Raw::Version),
+        b"quit" => l.done(Raw::Quit),
+        b"stats" => stats(&l, end),
+        b"shutdown" => l.done(Raw::Reply(SHUTDOWN_OFF)),
+        _ if l.tok(l.toks.len() - 1).starts_with(b"HTTP/") => Step::Close,
+        _ => l.done(Raw::Reply(ERROR)),
     }
 }
 
@@ -89,178 +158,189 @@ fn unterminated(buf: &[u8], limits: &Limits) -> Step {
     }
 }
 
-/// A local error; `noreply` silences even errors in memcached.
-fn err(line_len: usize, noreply: bool, reply: &'static [u8]) -> Step {
-    Step::Frame {
-        len: line_len,
-        raw: Raw::Reply(if noreply { b"" } else { reply }),
+/// `stats`: the router's own (no argument, `servers`, `commands`, `routes`, `route ...`),
+/// or the servers' (`settings`, `items`, `slabs`, `sizes`, `conns`, `reset`).
+fn stats(l: &Line, end: usize) -> Step {
+    match l.tok(1) {
+        b"settings" | b"items" | b"slabs" | b"sizes" | b"conns" | b"reset" => {
+            l.done(Raw::BackendStats(l.toks[1].clone()))
+        }
+        _ => l.done(Raw::Stats(l.toks.get(1).map_or(end..end, |t| t.start..end))),
     }
 }
 
-/// The line as it goes to the backend: as received, or without its `noreply` token.
-fn wire(buf: &[u8], line_len: usize, toks: &[Range<usize>], noreply: bool) -> WireRef {
-    if !noreply {
-        return WireRef::At(0..line_len);
-    }
-    let mut line = BytesMut::with_capacity(line_len);
-    for (i, t) in toks[..toks.len() - 1].iter().enumerate() {
-        if i > 0 {
-            line.put_u8(b' ');
-        }
-        line.extend_from_slice(&buf[t.clone()]);
-    }
-    line.extend_from_slice(b"\r\n");
-    WireRef::Owned(line.freeze())
-}
-
-fn get(buf: &[u8], end: usize, line_len: usize, cmd: Cmd, touch: bool) -> Step {
-    let done = |raw| Step::Frame { len: line_len, raw };
-    // Tokens again without the MAX_TOKENS cap: a multi-get may carry hundreds of keys.
-    let mut toks = Vec::new();
-    let mut start = 0;
-    for (i, &b) in buf[..end].iter().enumerate() {
-        if b == b' ' {
-            if i > start {
-                toks.push(start..i);
-            }
-            start = i + 1;
-        }
-    }
-    if end > start {
-        toks.push(start..end);
-    }
-    let first_key = if touch { 2 } else { 1 };
+fn get(l: &Line, end: usize, cmd: Cmd, cas: bool, touch: bool) -> Step {
+    let mut first_key = 1;
+    let mut exptime = None;
     if touch {
-        match toks.get(1) {
-            None => return done(Raw::Reply(ERROR)),
-            Some(t) if parse_i64(&buf[t.clone()]).is_none() => {
-                return done(Raw::Reply(BAD_EXPTIME))
-            }
-            _ => {}
+        match strtol(l.tok(1)) {
+            Some(e) => exptime = Some(e),
+            None => return l.done(Raw::Reply(BAD_EXPTIME)),
         }
+        first_key = 2;
     }
-    if toks.len() <= first_key {
-        return done(Raw::Reply(ERROR));
+    // Every key of the line: memcached tokenizes what is past its 23rd token again, so a
+    // multi-get has no token limit.
+    let (all, _) = tokenize(&l.buf[..end], usize::MAX);
+    let keys = all.get(first_key..).unwrap_or(&[]);
+    if keys.iter().any(|k| !key_ok(&l.buf[k.clone()])) {
+        return l.done(Raw::Reply(BAD_FORMAT));
     }
-    let keys = &toks[first_key..];
-    if keys.iter().any(|k| !key_ok(&buf[k.clone()])) {
-        return done(Raw::Reply(BAD_FORMAT));
-    }
-    if keys.len() == 1 {
-        return done(Raw::Keyed {
+    match keys.len() {
+        // `gat 5` with no key: memcached answers an empty result.
+        0 => l.done(Raw::Reply(b"END\r\n")),
+        1 => l.done(Raw::Keyed {
             cmd,
             key: KeyRef::At(keys[0].clone()),
-            wire: WireRef::At(0..line_len),
-            wire2: None,
-            frame: Frame::Values,
+            op: RawOp::Get {
+                cas,
+                touch: exptime,
+            },
             quiet: Quiet::No,
             nkeys: 1,
-        });
+        }),
+        _ => l.done(Raw::MultiGet {
+            cmd,
+            keys: keys.to_vec(),
+            cas,
+            touch: exptime,
+        }),
     }
-    let head = toks[0].start..toks[first_key - 1].end;
-    done(Raw::MultiGet {
+}
+
+fn storage(l: &Line, mode: StoreMode, limits: &Limits) -> Step {
+    let key = l.tok(1);
+    // Stricter than memcached on purpose: a key with control bytes is readable and
+    // deletable, but never stored, since squeal could never invalidate it
+    // (`marker::key::validate`); refused like an over-long key, the value not swallowed.
+    if marker::key::validate(key).is_err() {
+        return l.err(BAD_FORMAT);
+    }
+    let (Some(flags), Some(exptime), Some(vlen)) =
+        (strtoul(l.tok(2)), strtol(l.tok(3)), strtol(l.tok(4)))
+    else {
+        return l.err(BAD_FORMAT);
+    };
+    let mut cas = 0;
+    if mode == StoreMode::Cas {
+        match strtoull(l.tok(5)) {
+            Some(c) => cas = c,
+            None => return l.err(BAD_FORMAT),
+        }
+    }
+    if !(0..=i32::MAX - 2).contains(&vlen) {
+        return l.err(BAD_FORMAT);
+    }
+    let vlen = vlen as usize;
+    if vlen > limits.max_value {
+        return Step::Swallow {
+            len: l.line_len,
+            drain: vlen + 2,
+            reply: if l.noreply { b"" } else { TOO_LARGE },
+            delete: (mode == StoreMode::Set).then(|| key.to_vec()),
+        };
+    }
+    let total = l.line_len + vlen + 2;
+    if l.buf.len() < total {
+        return Step::Incomplete;
+    }
+    if &l.buf[total - 2..total] != b"\r\n" {
+        return Step::Frame {
+            len: total,
+            raw: Raw::Reply(if l.noreply { b"" } else { BAD_CHUNK }),
+        };
+    }
+    let cmd = match mode {
+        StoreMode::Set => Cmd::Set,
+        StoreMode::Add => Cmd::Add,
+        StoreMode::Replace => Cmd::Replace,
+        StoreMode::Append => Cmd::Append,
+        StoreMode::Prepend => Cmd::Prepend,
+        StoreMode::Cas => Cmd::Cas,
+    };
+    Step::Frame {
+        len: total,
+        raw: Raw::Keyed {
+            cmd,
+            key: KeyRef::At(l.toks[1].clone()),
+            op: RawOp::Store {
+                mode,
+                flags,
+                exptime,
+                cas,
+                data: l.line_len..total,
+            },
+            quiet: l.quiet(),
+            nkeys: 0,
+        },
+    }
+}
+
+fn keyed(l: &Line, cmd: Cmd, op: RawOp) -> Step {
+    l.done(Raw::Keyed {
         cmd,
-        head,
-        keys: keys.to_vec(),
-        line: 0..line_len,
+        key: KeyRef::At(l.toks[1].clone()),
+        op,
+        quiet: l.quiet(),
+        nkeys: 0,
     })
 }
 
-fn storage(
-    buf: &[u8],
-    line_len: usize,
-    toks: &[Range<usize>],
-    cmd: Cmd,
-    noreply: bool,
-    limits: &Limits,
-) -> Step {
-    let n = toks.len();
-    let want = if cmd == Cmd::Cas { 6 } else { 5 };
-    if n != want && n != want + 1 {
-        return err(line_len, false, ERROR);
+fn arith(l: &Line, decr: bool) -> Step {
+    if !key_ok(l.tok(1)) {
+        return l.err(BAD_FORMAT);
     }
-    let tok = |i: usize| &buf[toks[i].clone()];
-    let key = tok(1);
-    if !key_ok(key) {
-        return err(line_len, noreply, BAD_FORMAT);
-    }
-    let flags_ok = parse_u64(tok(2)).is_some_and(|f| f <= u32::MAX as u64);
-    let exptime_ok = parse_i64(tok(3)).is_some();
-    let vlen = parse_i64(tok(4));
-    let cas_ok = cmd != Cmd::Cas || parse_u64(tok(5)).is_some();
-    let vlen = match vlen {
-        Some(v) if flags_ok && exptime_ok && cas_ok && v >= 0 && v < i32::MAX as i64 - 2 => {
-            v as usize
-        }
-        _ => return err(line_len, noreply, BAD_FORMAT),
+    let Some(delta) = strtoull(l.tok(2)) else {
+        return l.err(BAD_DELTA);
     };
-    if vlen > limits.max_value {
-        return Step::Swallow {
-            len: line_len,
-            drain: vlen + 2,
-            reply: if noreply { b"" } else { TOO_LARGE },
-            delete: (cmd == Cmd::Set).then(|| toks[1].clone()),
-        };
-    }
-    value_frame(
-        buf,
-        line_len,
-        vlen,
-        noreply,
-        Raw::Keyed {
-            cmd,
-            key: KeyRef::At(toks[1].clone()),
-            wire: wire(buf, line_len, toks, noreply),
-            wire2: None,
-            frame: Frame::Line,
-            quiet: if noreply { Quiet::All } else { Quiet::No },
-            nkeys: 0,
-        },
-    )
+    let cmd = if decr { Cmd::Decr } else { Cmd::Incr };
+    keyed(l, cmd, RawOp::Arith { decr, delta })
 }
 
-/// A command line followed by `vlen` bytes of value and `\r\n`: waits for all of it and
-/// checks the terminator as memcached does (a bad one costs the same bytes).
-pub(crate) fn value_frame(
-    buf: &[u8],
-    line_len: usize,
-    vlen: usize,
-    noreply: bool,
-    mut raw: Raw,
-) -> Step {
-    let total = line_len + vlen + 2;
-    if buf.len() < total {
-        return Step::Incomplete;
+fn touch(l: &Line) -> Step {
+    if !key_ok(l.tok(1)) {
+        return l.err(BAD_FORMAT);
     }
-    if &buf[total - 2..total] != b"\r\n" {
-        return Step::Frame {
-            len: total,
-            raw: Raw::Reply(if noreply { b"" } else { BAD_CHUNK }),
-        };
-    }
-    if let Raw::Keyed { wire, wire2, .. } = &mut raw {
-        match wire {
-            WireRef::At(r) => *r = 0..total,
-            WireRef::Owned(_) => *wire2 = Some(line_len..total),
+    let Some(exptime) = strtol(l.tok(2)) else {
+        return l.err(BAD_EXPTIME);
+    };
+    keyed(l, Cmd::Touch, RawOp::Touch { exptime })
+}
+
+fn delete(l: &Line) -> Step {
+    // memcached accepts a legacy hold time of 0, and `noreply`, nothing else.
+    let noreply = l.ntokens > 3 && l.noreply;
+    if l.ntokens > 3 {
+        let hold_is_zero = l.tok(2) == b"0";
+        let valid = (l.ntokens == 4 && (hold_is_zero || noreply))
+            || (l.ntokens == 5 && hold_is_zero && noreply);
+        if !valid {
+            return l.err(DELETE_USAGE);
         }
     }
-    Step::Frame { len: total, raw }
+    if !key_ok(l.tok(1)) {
+        return l.err(BAD_FORMAT);
+    }
+    l.done(Raw::Keyed {
+        cmd: Cmd::Delete,
+        key: KeyRef::At(l.toks[1].clone()),
+        op: RawOp::Delete,
+        quiet: if noreply { Quiet::All } else { Quiet::No },
+        nkeys: 0,
+    })
 }
 
-fn keyed(buf: &[u8], line_len: usize, toks: &[Range<usize>], cmd: Cmd, noreply: bool) -> Step {
-    if !key_ok(&buf[toks[1].clone()]) {
-        return err(line_len, noreply, BAD_FORMAT);
+fn flush_all(l: &Line) -> Step {
+    let plain = if l.noreply { 3 } else { 2 };
+    let mut delay = None;
+    if l.ntokens != plain {
+        match strtol(l.tok(1)) {
+            Some(d) => delay = Some(d),
+            None => return l.err(BAD_EXPTIME),
+        }
     }
-    Step::Frame {
-        len: line_len,
-        raw: Raw::Keyed {
-            cmd,
-            key: KeyRef::At(toks[1].clone()),
-            wire: wire(buf, line_len, toks, noreply),
-            wire2: None,
-            frame: Frame::Line,
-            quiet: if noreply { Quiet::All } else { Quiet::No },
-            nkeys: 0,
-        },
-    }
+    l.done(Raw::FlushAll {
+        delay,
+        quiet: l.quiet(),
+    })
 }

@@ -57,6 +57,14 @@ impl Reply {
         Reply::Error(Bytes::from(format!("SERVER_ERROR {msg}\r\n")))
     }
 
+    /// The first bytes of the reply (its status line starts here).
+    pub fn head(&self) -> &[u8] {
+        match self {
+            Reply::Data(b) | Reply::Error(b) => b,
+            Reply::Chunks(c) => c.first().map_or(&b""[..], |b| &b[..]),
+        }
+    }
+
     /// True for a `SERVER_ERROR` the router made: routes that fail over look at this.
     pub fn is_error(&self) -> bool {
         matches!(self, Reply::Error(_))
@@ -71,6 +79,8 @@ pub enum Completion {
     Part(Rc<MergeGet>, usize),
     /// One of the replies of a broadcast (`flush_all`).
     Gather(Rc<Gather>),
+    /// One server's `stats` reply, merged with the pool's others.
+    Stats(Rc<MergeStats>),
     /// Anything else: composite routes use this to look at a reply before passing it on.
     Then(Box<dyn FnOnce(Reply)>),
     /// Into the client's queue, after telling the server's health watch how it went.
@@ -85,6 +95,7 @@ impl Completion {
             Completion::Client(slot) => slot.fill(reply),
             Completion::Part(merge, part) => merge.part_done(part, reply),
             Completion::Gather(g) => g.done(reply),
+            Completion::Stats(m) => m.done(reply),
             Completion::Then(f) => f(reply),
             Completion::Checked(slot, watch) => {
                 watch.observe(&reply);
@@ -143,12 +154,7 @@ pub fn split_multi_get(
             }
         }
     }
-    let head = MultiGetRequest {
-        cmd: req.cmd,
-        head: req.head.clone(),
-        keys: Vec::new(),
-        line: Bytes::new(),
-    };
+    let head = req.with_keys(Vec::new());
     let merge = MergeGet::new(req.keys, parts, done);
     for (part, &child) in order.iter().enumerate() {
         let keys: Vec<Bytes> = merge
@@ -158,7 +164,7 @@ pub fn split_multi_get(
             .collect();
         send(
             child,
-            wire::sub_multi_get(&head, keys),
+            Request::MultiGet(head.with_keys(keys)),
             Completion::Part(merge.clone(), part),
         );
     }
@@ -168,17 +174,12 @@ pub fn split_multi_get(
 /// routes whose logic is per key (miss-failover, warm-up, master-slave-l1, failover).
 pub fn per_key(req: MultiGetRequest, mut send: impl FnMut(Request, Completion), done: Completion) {
     let parts: Vec<Vec<u32>> = (0..req.keys.len() as u32).map(|i| vec![i]).collect();
-    let head = MultiGetRequest {
-        cmd: req.cmd,
-        head: req.head.clone(),
-        keys: Vec::new(),
-        line: Bytes::new(),
-    };
+    let head = req.with_keys(Vec::new());
     let merge = MergeGet::new(req.keys, parts, done);
     for part in 0..merge.keys().len() {
         let key = merge.keys()[part].clone();
         send(
-            wire::single_get(&head, &key),
+            Request::Keyed(head.single(key)),
             Completion::Part(merge.clone(), part),
         );
     }
@@ -286,5 +287,120 @@ impl Gather {
                 done.complete(reply);
             }
         }
+    }
+}
+
+/// `stats settings|items|slabs|sizes|conns|reset` asked of every server of a pool, merged
+/// into the one reply a client of a single memcached expects: numeric values summed
+/// (item and slab counts, memory, evictions...), except values that describe one server
+/// and do not add up (sizes, ages, limits, settings: the first server's value is kept, or
+/// the largest for ages). A server that failed makes the whole reply its error. `reset`
+/// answers `RESET` once every server did.
+pub struct MergeStats {
+    left: Cell<usize>,
+    /// Stat names in first-seen order, with their merged value.
+    lines: RefCell<Vec<(String, String)>>,
+    failed: RefCell<Option<Reply>>,
+    other: RefCell<Option<Reply>>,
+    done: Cell<Option<Completion>>,
+}
+
+/// Stats whose value is the same kind of thing on every server (not a count to add).
+fn kept_not_summed(name: &str) -> bool {
+    let field = name.rsplit(':').next().unwrap_or(name);
+    matches!(
+        field,
+        "chunk_size"
+            | "chunks_per_page"
+            | "age"
+            | "age_hot"
+            | "age_warm"
+            | "evicted_time"
+            | "active_slabs"
+            | "pid"
+            | "uptime"
+            | "time"
+            | "version"
+            | "libevent"
+            | "pointer_size"
+            | "threads"
+            | "maxconns"
+            | "tcpport"
+            | "udpport"
+            | "item_size_max"
+            | "slab_chunk_max"
+            | "hash_power_level"
+    ) || field.starts_with("lru")
+}
+
+impl MergeStats {
+    pub fn new(n: usize, done: Completion) -> Rc<MergeStats> {
+        Rc::new(MergeStats {
+            left: Cell::new(n),
+            lines: RefCell::new(Vec::new()),
+            failed: RefCell::new(None),
+            other: RefCell::new(None),
+            done: Cell::new(Some(done)),
+        })
+    }
+
+    fn done(&self, reply: Reply) {
+        let bytes = wire::bytes_of(&reply).into_owned();
+        if reply.is_error() || bytes.starts_with(b"SERVER_ERROR") || bytes.starts_with(b"ERROR") {
+            self.failed.borrow_mut().get_or_insert(reply);
+        } else if !bytes.starts_with(b"STAT ") {
+            // `RESET`, or an empty `END`.
+            self.other.borrow_mut().get_or_insert(reply);
+        } else {
+            let mut lines = self.lines.borrow_mut();
+            for line in bytes.split(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(line);
+                let Some(rest) = line.trim_end_matches('\r').strip_prefix("STAT ") else {
+                    continue;
+                };
+                let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
+                match lines.iter_mut().find(|(n, _)| n == name) {
+                    None => lines.push((name.to_string(), value.to_string())),
+                    Some((_, v)) => {
+                        if let (Ok(a), Ok(b)) = (v.parse::<u64>(), value.parse::<u64>()) {
+                            let field = name.rsplit(':').next().unwrap_or(name);
+                            *v = if field.starts_with("age") || field == "evicted_time" {
+                                a.max(b)
+                            } else if kept_not_summed(name) {
+                                a
+                            } else {
+                                a.saturating_add(b)
+                            }
+                            .to_string();
+                        }
+                    }
+                }
+            }
+        }
+        let left = self.left.get() - 1;
+        self.left.set(left);
+        if left > 0 {
+            return;
+        }
+        let Some(done) = self.done.take() else { return };
+        if let Some(f) = self.failed.take() {
+            return done.complete(f);
+        }
+        let lines = self.lines.take();
+        if lines.is_empty() {
+            if let Some(o) = self.other.take() {
+                return done.complete(o);
+            }
+        }
+        let mut out = String::new();
+        for (n, v) in lines {
+            out.push_str("STAT ");
+            out.push_str(&n);
+            out.push(' ');
+            out.push_str(&v);
+            out.push_str("\r\n");
+        }
+        out.push_str("END\r\n");
+        done.complete(Reply::Data(Bytes::from(out)));
     }
 }

@@ -258,7 +258,7 @@ impl Route for MasterSlaveL1Route {
                     c.route(req.clone(), Completion::Gather(gather.clone()));
                 }
             }
-            Request::Version => me.master.route(req, done),
+            Request::Version | Request::Stats { .. } => me.master.route(req, done),
         }
     }
 }

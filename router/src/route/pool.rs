@@ -4,13 +4,13 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::hash::{ketama::Continuum, HashFn};
-use super::{Completion, Gather, MergeGet, Reply, Route};
+use super::{Completion, Gather, MergeGet, MergeStats, Reply, Route};
 use crate::backend::BackendConn;
 use crate::health::Watch;
-use crate::protocol::{Frame, KeyedRequest, MultiGetRequest, Request};
+use crate::protocol::{KeyedRequest, MultiGetRequest, Request};
 use crate::stats::WorkerStats;
 
 /// How keys spread over servers (twemproxy's `distribution:`).
@@ -121,8 +121,8 @@ impl PoolRoute {
         let Some(done) = self.checked(server, done) else {
             return;
         };
-        self.conn(server, &req.key)
-            .send(req.wire, req.wire2, req.frame, req.nkeys, done);
+        let key = req.key.clone();
+        self.conn(server, &key).send(Request::Keyed(req), done);
     }
 
     fn multi_get(&self, req: MultiGetRequest, done: Completion) {
@@ -133,12 +133,11 @@ impl PoolRoute {
             .collect();
         let first = targets[0];
         if targets.iter().all(|&t| t == first) {
-            let nkeys = req.keys.len().min(u16::MAX as usize) as u16;
             let Some(done) = self.checked(first, done) else {
                 return;
             };
-            self.conn(first, &req.keys[0])
-                .send(req.line, Bytes::new(), Frame::Values, nkeys, done);
+            let key = req.keys[0].clone();
+            self.conn(first, &key).send(Request::MultiGet(req), done);
             return;
         }
         // One part per server, in order of first appearance.
@@ -153,28 +152,20 @@ impl PoolRoute {
                 }
             }
         }
+        let head = req.with_keys(Vec::new());
         let merge = MergeGet::new(req.keys, parts, done);
         for (part, &server) in order.iter().enumerate() {
-            let positions = merge.part_keys(part);
-            let mut line = BytesMut::with_capacity(req.head.len() + positions.len() * 16 + 2);
-            line.extend_from_slice(&req.head);
-            for &p in positions {
-                line.put_u8(b' ');
-                line.extend_from_slice(&merge.keys()[p as usize]);
-            }
-            line.extend_from_slice(b"\r\n");
-            let first_key = merge.keys()[positions[0] as usize].clone();
-            let nkeys = positions.len().min(u16::MAX as usize) as u16;
+            let keys: Vec<Bytes> = merge
+                .part_keys(part)
+                .iter()
+                .map(|&p| merge.keys()[p as usize].clone())
+                .collect();
+            let first_key = keys[0].clone();
             let Some(done) = self.checked(server, Completion::Part(merge.clone(), part)) else {
                 continue;
             };
-            self.conn(server, &first_key).send(
-                line.freeze(),
-                Bytes::new(),
-                Frame::Values,
-                nkeys,
-                done,
-            );
+            self.conn(server, &first_key)
+                .send(Request::MultiGet(head.with_keys(keys)), done);
         }
     }
 }
@@ -187,25 +178,20 @@ impl Route for PoolRoute {
         match req {
             Request::Keyed(k) => self.keyed(k, done),
             Request::MultiGet(m) => self.multi_get(m, done),
-            Request::FlushAll { wire } => {
+            Request::FlushAll { .. } => {
                 let gather = Gather::new(self.servers.len(), done);
                 for conns in &self.servers {
-                    conns[0].send(
-                        wire.clone(),
-                        Bytes::new(),
-                        Frame::Line,
-                        0,
-                        Completion::Gather(gather.clone()),
-                    );
+                    conns[0].send(req.clone(), Completion::Gather(gather.clone()));
                 }
             }
-            Request::Version => self.servers[0][0].send(
-                Bytes::from_static(b"version\r\n"),
-                Bytes::new(),
-                Frame::Line,
-                0,
-                done,
-            ),
+            Request::Version => self.servers[0][0].send(req, done),
+            // Every server's view, merged into one (see `MergeStats`).
+            Request::Stats { .. } => {
+                let merge = MergeStats::new(self.servers.len(), done);
+                for conns in &self.servers {
+                    conns[0].send(req.clone(), Completion::Stats(merge.clone()));
+                }
+            }
         }
     }
 }

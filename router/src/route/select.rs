@@ -55,7 +55,7 @@ impl Route for PrefixRoute {
                         .route(req.clone(), Completion::Gather(gather.clone()));
                 }
             }
-            Request::Version => self.default.route(req, done),
+            Request::Version | Request::Stats { .. } => self.default.route(req, done),
         }
     }
 }

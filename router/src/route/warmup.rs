@@ -62,8 +62,8 @@ fn text_key(key: &[u8]) -> bool {
 
 fn is_tombstone(cmd: Cmd, r: &Reply) -> bool {
     match (cmd, r) {
-        (Cmd::Mg, Reply::Data(d)) => wire::mg_is_tombstone(d),
-        (Cmd::Mg, _) => false,
+        (Cmd::Mg, Reply::Error(_)) => false,
+        (Cmd::Mg, _) => wire::mg_is_tombstone(&wire::bytes_of(r)),
         _ => matches!(parse_get(r), Read::Hit(i) if i.is_tombstone()),
     }
 }

@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::Reply;
-use crate::protocol::{Cmd, Frame, KeyedRequest, MultiGetRequest, Request};
+use crate::protocol::{Cmd, KeyedRequest, MetaOp, Op, Request, StoreMode};
 
 /// The bytes of a reply, joined when it came in pieces.
 pub fn bytes_of(r: &Reply) -> Cow<'_, [u8]> {
@@ -100,6 +100,9 @@ pub fn parse_get(r: &Reply) -> Read {
 /// Reads an `mg` reply asked with `v f t` (and maybe `c`): `VA n f.. t.. c..` or `EN`.
 pub fn parse_mg(r: &Reply) -> Read {
     let Reply::Data(d) = r else {
+        if let Reply::Chunks(_) = r {
+            return parse_mg(&Reply::Data(Bytes::from(bytes_of(r).into_owned())));
+        }
         return Read::Failed;
     };
     if d.starts_with(b"EN") {
@@ -182,98 +185,80 @@ pub fn miss_reply(cmd: Cmd) -> Reply {
     }))
 }
 
-fn keyed(cmd: Cmd, key: &[u8], wire: Bytes, frame: Frame, nkeys: u16) -> Request {
+fn keyed(cmd: Cmd, key: &[u8], op: Op, nkeys: u16) -> Request {
     Request::Keyed(KeyedRequest {
         cmd,
         key: Bytes::copy_from_slice(key),
-        wire,
-        wire2: Bytes::new(),
-        frame,
+        op,
         nkeys,
     })
 }
 
-/// `mg <key> <flags>` (the key as text; keys reach routes already decoded).
+/// `mg <key> <flags>` (the key as text; keys reach routes already decoded). The reply
+/// comes back as memcached gives it, without an opaque.
 pub fn mg(key: &[u8], flags: &str) -> Request {
     let mut b = BytesMut::with_capacity(key.len() + flags.len() + 8);
     b.extend_from_slice(b"mg ");
     b.extend_from_slice(key);
     b.put_u8(b' ');
     b.extend_from_slice(flags.as_bytes());
-    b.extend_from_slice(b"\r\n");
-    keyed(Cmd::Mg, key, b.freeze(), Frame::Meta, 1)
+    let at = b.len();
+    keyed(
+        Cmd::Mg,
+        key,
+        Op::Meta(MetaOp {
+            line: b.freeze(),
+            opaque_at: at,
+            data: Bytes::new(),
+            opaque: None,
+            takes_opaque: true,
+        }),
+        1,
+    )
 }
 
 /// `set`/`add` of `data` with `flags` and `exptime`.
 pub fn store(cmd: Cmd, key: &[u8], flags: u32, exptime: i64, data: &[u8]) -> Request {
-    let word = match cmd {
-        Cmd::Add => "add",
-        _ => "set",
+    let mut d = BytesMut::with_capacity(data.len() + 2);
+    d.extend_from_slice(data);
+    d.extend_from_slice(b"\r\n");
+    let (cmd, mode) = match cmd {
+        Cmd::Add => (Cmd::Add, StoreMode::Add),
+        _ => (Cmd::Set, StoreMode::Set),
     };
-    let mut b = BytesMut::with_capacity(key.len() + data.len() + 48);
-    b.extend_from_slice(word.as_bytes());
-    b.put_u8(b' ');
-    b.extend_from_slice(key);
-    b.extend_from_slice(format!(" {flags} {exptime} {}\r\n", data.len()).as_bytes());
-    b.extend_from_slice(data);
-    b.extend_from_slice(b"\r\n");
     keyed(
-        if cmd == Cmd::Add { Cmd::Add } else { Cmd::Set },
+        cmd,
         key,
-        b.freeze(),
-        Frame::Line,
+        Op::Store {
+            mode,
+            flags,
+            exptime: exptime.clamp(i32::MIN as i64, i32::MAX as i64) as i32,
+            cas: 0,
+            data: d.freeze(),
+        },
         0,
     )
 }
 
 /// `delete <key>`.
 pub fn delete(key: &[u8]) -> Request {
-    let mut b = BytesMut::with_capacity(key.len() + 10);
-    b.extend_from_slice(b"delete ");
-    b.extend_from_slice(key);
-    b.extend_from_slice(b"\r\n");
-    keyed(Cmd::Delete, key, b.freeze(), Frame::Line, 0)
+    keyed(Cmd::Delete, key, Op::Delete, 0)
 }
 
 /// The hold-off tombstone (see `marker::holdoff`): a `set` of an empty value.
 pub fn tombstone(key: &[u8], holdoff_secs: u32) -> Request {
-    let mut out = Vec::with_capacity(key.len() + 32);
-    marker::holdoff::tombstone_command(key, holdoff_secs, &mut out);
-    keyed(Cmd::Set, key, Bytes::from(out), Frame::Line, 0)
-}
-
-/// A one-key text get (`get`, `gets`, `gat N`, `gats N`) from a multi-get's head.
-pub fn single_get(m: &MultiGetRequest, key: &Bytes) -> Request {
-    let mut b = BytesMut::with_capacity(m.head.len() + key.len() + 3);
-    b.extend_from_slice(&m.head);
-    b.put_u8(b' ');
-    b.extend_from_slice(key);
-    b.extend_from_slice(b"\r\n");
-    Request::Keyed(KeyedRequest {
-        cmd: m.cmd,
-        key: key.clone(),
-        wire: b.freeze(),
-        wire2: Bytes::new(),
-        frame: Frame::Values,
-        nkeys: 1,
-    })
-}
-
-/// A multi-get of some of `m`'s keys.
-pub fn sub_multi_get(m: &MultiGetRequest, keys: Vec<Bytes>) -> Request {
-    let mut b = BytesMut::with_capacity(m.head.len() + keys.len() * 16 + 2);
-    b.extend_from_slice(&m.head);
-    for k in &keys {
-        b.put_u8(b' ');
-        b.extend_from_slice(k);
-    }
-    b.extend_from_slice(b"\r\n");
-    Request::MultiGet(MultiGetRequest {
-        cmd: m.cmd,
-        head: m.head.clone(),
-        keys,
-        line: b.freeze(),
-    })
+    keyed(
+        Cmd::Set,
+        key,
+        Op::Store {
+            mode: StoreMode::Set,
+            flags: marker::holdoff::TOMBSTONE_FLAGS,
+            exptime: holdoff_secs.min(i32::MAX as u32) as i32,
+            cas: 0,
+            data: Bytes::from_static(b"\r\n"),
+        },
+        0,
+    )
 }
 
 /// A text storage command, taken apart.
@@ -285,42 +270,21 @@ pub struct Storage {
     pub data: Bytes,
 }
 
-/// The command line and the value part (value + `\r\n`) of a keyed request.
-fn line_and_value(k: &KeyedRequest) -> Option<(&[u8], Bytes)> {
-    let nl = memchr::memchr(b'\n', &k.wire)?;
-    if k.wire2.is_empty() {
-        Some((&k.wire[..=nl], k.wire.slice(nl + 1..)))
-    } else {
-        Some((&k.wire[..=nl], k.wire2.clone()))
-    }
-}
-
 /// Flags, exptime and value of a text `set`/`add`/`replace`/`append`/`prepend`/`cas`.
 pub fn storage_of(k: &KeyedRequest) -> Option<Storage> {
-    if !matches!(
-        k.cmd,
-        Cmd::Set | Cmd::Add | Cmd::Replace | Cmd::Append | Cmd::Prepend | Cmd::Cas
-    ) {
-        return None;
+    match &k.op {
+        Op::Store {
+            flags,
+            exptime,
+            data,
+            ..
+        } => Some(Storage {
+            flags: *flags,
+            exptime: i64::from(*exptime),
+            data: data.slice(..data.len() - 2),
+        }),
+        _ => None,
     }
-    let (line, value) = line_and_value(k)?;
-    let line = line.strip_suffix(b"\n")?;
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let toks: Vec<&[u8]> = line
-        .split(|&b| b == b' ')
-        .filter(|t| !t.is_empty())
-        .collect();
-    let flags = num(toks.get(2)?)?;
-    let exptime = num(toks.get(3)?)?;
-    let len: usize = num(toks.get(4)?)?;
-    if value.len() != len + 2 {
-        return None;
-    }
-    Some(Storage {
-        flags,
-        exptime,
-        data: value.slice(..len),
-    })
 }
 
 /// memcached reads exptimes over 30 days as unix times.
@@ -344,59 +308,60 @@ pub fn with_ttl_cap(req: &Request, cap: u32) -> Request {
     let Request::Keyed(k) = req else {
         return req.clone();
     };
-    let Some((line, value)) = line_and_value(k) else {
-        return req.clone();
-    };
-    let body = line.strip_suffix(b"\n").unwrap_or(line);
-    let body = body.strip_suffix(b"\r").unwrap_or(body);
-    let toks: Vec<&[u8]> = body
-        .split(|&b| b == b' ')
-        .filter(|t| !t.is_empty())
-        .collect();
-    let mut out = BytesMut::with_capacity(line.len() + 16);
-    let push = |out: &mut BytesMut, t: &[u8]| {
-        if !out.is_empty() {
-            out.put_u8(b' ');
-        }
-        out.extend_from_slice(t);
-    };
-    match k.cmd {
-        Cmd::Set | Cmd::Add | Cmd::Replace | Cmd::Append | Cmd::Prepend | Cmd::Cas => {
-            let Some(exp) = toks.get(3).and_then(|t| num::<i64>(t)) else {
-                return req.clone();
-            };
-            for (i, t) in toks.iter().enumerate() {
-                if i == 3 {
-                    push(&mut out, capped(exp, cap).to_string().as_bytes());
-                } else {
-                    push(&mut out, t);
-                }
-            }
-        }
-        Cmd::Ms => {
+    let op = match &k.op {
+        Op::Store {
+            mode,
+            flags,
+            exptime,
+            cas,
+            data,
+        } => Op::Store {
+            mode: *mode,
+            flags: *flags,
+            exptime: capped(i64::from(*exptime), cap) as i32,
+            cas: *cas,
+            data: data.clone(),
+        },
+        Op::Meta(m) if k.cmd == Cmd::Ms => {
+            // The T token rewritten, or added: `ms <key> <len> <flags...>`.
+            let mut out = BytesMut::with_capacity(m.line.len() + 16);
+            let mut opaque_at = m.opaque_at;
             let mut seen = false;
-            for (i, t) in toks.iter().enumerate() {
+            for (i, t) in m.line.split(|&b| b == b' ').enumerate() {
+                if i > 0 {
+                    out.put_u8(b' ');
+                }
                 if i >= 3 && t.first() == Some(&b'T') {
-                    let exp = num::<i64>(&t[1..]).unwrap_or(0);
-                    push(&mut out, format!("T{}", capped(exp, cap)).as_bytes());
+                    let exp = crate::protocol::number::strtol(&t[1..]).unwrap_or(0);
+                    out.extend_from_slice(format!("T{}", capped(i64::from(exp), cap)).as_bytes());
                     seen = true;
                 } else {
-                    push(&mut out, t);
+                    out.extend_from_slice(t);
+                }
+                if m.opaque_at == m.line.len() {
+                    opaque_at = usize::MAX;
                 }
             }
             if !seen {
-                push(&mut out, format!("T{cap}").as_bytes());
+                out.extend_from_slice(format!(" T{cap}").as_bytes());
             }
+            if opaque_at == usize::MAX || opaque_at > out.len() {
+                opaque_at = out.len();
+            }
+            Op::Meta(MetaOp {
+                line: out.freeze(),
+                opaque_at,
+                data: m.data.clone(),
+                opaque: m.opaque.clone(),
+                takes_opaque: m.takes_opaque,
+            })
         }
         _ => return req.clone(),
-    }
-    out.extend_from_slice(b"\r\n");
+    };
     Request::Keyed(KeyedRequest {
         cmd: k.cmd,
         key: k.key.clone(),
-        wire: out.freeze(),
-        wire2: value,
-        frame: k.frame,
+        op,
         nkeys: k.nkeys,
     })
 }
@@ -442,41 +407,78 @@ pub fn badness(r: &Reply) -> u8 {
 mod tests {
     use super::*;
 
-    fn req(cmd: Cmd, wire: &str) -> Request {
+    fn store_req(cmd: Cmd, exptime: i32) -> Request {
         Request::Keyed(KeyedRequest {
             cmd,
             key: Bytes::from_static(b"k"),
-            wire: Bytes::copy_from_slice(wire.as_bytes()),
-            wire2: Bytes::new(),
-            frame: Frame::Line,
+            op: Op::Store {
+                mode: StoreMode::Set,
+                flags: 5,
+                exptime,
+                cas: 0,
+                data: Bytes::from_static(b"ab\r\n"),
+            },
             nkeys: 0,
         })
     }
 
-    fn wire(r: &Request) -> Vec<u8> {
-        let Request::Keyed(k) = r else { panic!() };
-        [&k.wire[..], &k.wire2[..]].concat()
+    fn exptime_of(r: &Request) -> i32 {
+        match r {
+            Request::Keyed(KeyedRequest {
+                op: Op::Store { exptime, .. },
+                ..
+            }) => *exptime,
+            _ => panic!("not a store"),
+        }
+    }
+
+    fn meta_line(r: &Request) -> Vec<u8> {
+        match r {
+            Request::Keyed(KeyedRequest {
+                op: Op::Meta(m), ..
+            }) => m.line.to_vec(),
+            _ => panic!("not meta"),
+        }
+    }
+
+    fn ms(line: &'static [u8]) -> Request {
+        Request::Keyed(KeyedRequest {
+            cmd: Cmd::Ms,
+            key: Bytes::from_static(b"k"),
+            op: Op::Meta(MetaOp {
+                line: Bytes::from_static(line),
+                opaque_at: line.len(),
+                data: Bytes::from_static(b"ab\r\n"),
+                opaque: None,
+                takes_opaque: true,
+            }),
+            nkeys: 0,
+        })
     }
 
     #[test]
     fn ttl_caps() {
-        let r = with_ttl_cap(&req(Cmd::Set, "set k 5 0 2\r\nab\r\n"), 10);
-        assert_eq!(wire(&r), b"set k 5 10 2\r\nab\r\n");
-        let r = with_ttl_cap(&req(Cmd::Set, "set k 5 3 2\r\nab\r\n"), 10);
-        assert_eq!(wire(&r), b"set k 5 3 2\r\nab\r\n");
-        let r = with_ttl_cap(&req(Cmd::Cas, "cas k 5 2000000000 2 7\r\nab\r\n"), 10);
-        assert_eq!(wire(&r), b"cas k 5 10 2 7\r\nab\r\n");
-        let r = with_ttl_cap(&req(Cmd::Ms, "ms k 2 T100 F3\r\nab\r\n"), 10);
-        assert_eq!(wire(&r), b"ms k 2 T10 F3\r\nab\r\n");
-        let r = with_ttl_cap(&req(Cmd::Ms, "ms k 2\r\nab\r\n"), 10);
-        assert_eq!(wire(&r), b"ms k 2 T10\r\nab\r\n");
-        let r = with_ttl_cap(&req(Cmd::Delete, "delete k\r\n"), 10);
-        assert_eq!(wire(&r), b"delete k\r\n");
+        assert_eq!(exptime_of(&with_ttl_cap(&store_req(Cmd::Set, 0), 10)), 10);
+        assert_eq!(exptime_of(&with_ttl_cap(&store_req(Cmd::Set, 3), 10)), 3);
+        assert_eq!(
+            exptime_of(&with_ttl_cap(&store_req(Cmd::Cas, 2_000_000_000), 10)),
+            10
+        );
+        assert_eq!(
+            meta_line(&with_ttl_cap(&ms(b"ms k 2 T100 F3"), 10)),
+            b"ms k 2 T10 F3"
+        );
+        assert_eq!(meta_line(&with_ttl_cap(&ms(b"ms k 2"), 10)), b"ms k 2 T10");
+        let d = delete(b"k");
+        assert!(matches!(
+            with_ttl_cap(&d, 10),
+            Request::Keyed(KeyedRequest { op: Op::Delete, .. })
+        ));
     }
 
     #[test]
     fn storage_and_replies() {
-        let Request::Keyed(k) = req(Cmd::Add, "add k 7 30 3\r\nabc\r\n") else {
+        let Request::Keyed(k) = store(Cmd::Add, b"k", 7, 30, b"abc") else {
             panic!()
         };
         let s = storage_of(&k).unwrap();
