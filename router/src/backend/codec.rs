@@ -193,6 +193,10 @@ pub fn encode(
                 if !m.data.is_empty() {
                     out.push_back(m.data);
                 }
+                if m.line.starts_with(b"me ") {
+                    // `me` answers one `ME ...` or `EN` line, with no opaque.
+                    return expect(Kind::Line, None, 1, Vec::new());
+                }
                 expect(
                     Kind::Meta {
                         client_opaque: m.opaque,
