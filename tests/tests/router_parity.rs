@@ -122,17 +122,6 @@ fn cases() -> Vec<Vec<u8>> {
     // ms with 17 O flags: memcached refuses the line and runs the value as a command.
     c.push(format!("ms pk 8 {}\r\nget key5\r\n", o17.join(" ")).into_bytes());
     c.push(format!("ms pk 5 {}\r\nget pk\r\n", o17.join(" ")).into_bytes());
-    // Keys with tab, 0x01, 0x7f (memcached splits on spaces only).
-    for key in [&b"p\tk"[..], b"p\x01k", b"p\x7fk"] {
-        let mut req = b"set ".to_vec();
-        req.extend_from_slice(key);
-        req.extend_from_slice(b" 0 0 1\r\nx\r\nget ");
-        req.extend_from_slice(key);
-        req.extend_from_slice(b"\r\nmg ");
-        req.extend_from_slice(key);
-        req.extend_from_slice(b" v\r\n");
-        c.push(req);
-    }
     // ms over the item size, in every mode, on an existing key and a missing one.
     let big = 2 * ITEM_SIZE;
     for mode in ["MA", "MP", "ME", "MR", "MS"] {
@@ -165,11 +154,39 @@ fn cases() -> Vec<Vec<u8>> {
     c
 }
 
+/// Keys with tab, 0x01, 0x7f (memcached splits on spaces only and accepts them in `get`
+/// and `set`). Separate from [`cases`]: the design's bad-input rule ("keys with control
+/// characters" get a clear error) and `router_protocol::bad_keys_are_refused` say the
+/// opposite, a decision issue 16 asks to make and document.
+fn control_character_key_cases() -> Vec<Vec<u8>> {
+    let mut c = Vec::new();
+    for key in [&b"p\tk"[..], b"p\x01k", b"p\x7fk"] {
+        let mut req = b"set ".to_vec();
+        req.extend_from_slice(key);
+        req.extend_from_slice(b" 0 0 1\r\nx\r\nget ");
+        req.extend_from_slice(key);
+        req.extend_from_slice(b"\r\nmg ");
+        req.extend_from_slice(key);
+        req.extend_from_slice(b" v\r\n");
+        c.push(req);
+    }
+    c
+}
+
 #[test]
 fn issue_16_cases_get_byte_identical_replies() {
+    compare(cases());
+}
+
+#[test]
+fn keys_with_control_characters_are_treated_as_memcached_does() {
+    compare(control_character_key_cases());
+}
+
+/// Sends each case to memcached and through the router; panics listing every difference.
+fn compare(all: Vec<Vec<u8>>) {
     let p = pair();
     let mut differences = Vec::new();
-    let all = cases();
     for req in &all {
         let want = exchange(&p.direct.addr(), req);
         let got = exchange(&p.router.addr(), req);
