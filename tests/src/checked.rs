@@ -365,9 +365,17 @@ impl Checker {
         Ok(self.conn.as_mut().expect("connected"))
     }
 
-    /// Sends one batch and checks every reply, recording each request's outcome in the
-    /// tally `tally_for` picks (called when the batch is sent).
-    pub fn step(&mut self, tally: &Tally) {
+    /// Sends one batch and checks every reply, recording each request's outcome in `tally`.
+    pub fn step(&mut self, tally: &Tally, late: &dyn Fn() -> String) {
+        // Failures carry `late()`: where the run was when they were found, if that is not
+        // where it was when the batch was sent.
+        let record = |outcome: Outcome, what: String| {
+            if outcome == Outcome::Ok {
+                tally.record(outcome, String::new);
+            } else {
+                tally.record(outcome, || what + &late());
+            }
+        };
         let ops = self.batch();
         let mut wire = Vec::new();
         for op in &ops {
@@ -378,7 +386,7 @@ impl Checker {
         if let Err(e) = sent {
             for op in &ops {
                 self.uncertain(op);
-                tally.record(Outcome::Lost, || {
+                record(Outcome::Lost, {
                     format!(
                         "client {} request {}: could not send: {e}",
                         self.id,
@@ -393,7 +401,7 @@ impl Checker {
         for (i, op) in ops.iter().enumerate() {
             if broken {
                 self.uncertain(op);
-                tally.record(Outcome::Lost, || {
+                record(Outcome::Lost, {
                     format!(
                         "client {} request {}: not answered (an earlier reply in its pipeline was lost or wrong)",
                         self.id,
@@ -416,7 +424,7 @@ impl Checker {
             match reply {
                 Err((e, partial)) => {
                     self.uncertain(op);
-                    tally.record(Outcome::Lost, || {
+                    record(Outcome::Lost, {
                         format!(
                             "client {} request {} (#{i} of a pipeline of {}): {e} within {:?}; got {:?} so far",
                             self.id,
@@ -429,7 +437,7 @@ impl Checker {
                     broken = true;
                 }
                 Ok(bytes) => match self.judge(op, &bytes) {
-                    Ok(()) => tally.record(Outcome::Ok, String::new),
+                    Ok(()) => record(Outcome::Ok, String::new()),
                     Err(expected) => {
                         let outcome = if is_error_line(&bytes) {
                             Outcome::Error
@@ -439,7 +447,7 @@ impl Checker {
                         };
                         self.uncertain(op);
                         let other = self.names_another_key(&bytes);
-                        tally.record(outcome, || {
+                        record(outcome, {
                             format!(
                                 "client {} request {}: expected {expected}{other}; got {:?}",
                                 self.id,
@@ -784,7 +792,15 @@ pub fn run_checkers(
                         break;
                     }
                     let p = phase.load(Ordering::Relaxed).min(tallies.len() - 1);
-                    c.step(&tallies[p]);
+                    let late = || {
+                        let now = phase.load(Ordering::Relaxed).min(tallies.len() - 1);
+                        if now == p {
+                            String::new()
+                        } else {
+                            format!(" [sent in phase {p}, found in phase {now}]")
+                        }
+                    };
+                    c.step(&tallies[p], &late);
                 }
                 c.verify_all(final_tally);
             });

@@ -13,7 +13,8 @@
 //! commands. Asserts 0 wrong, 0 lost (each request answered within 3 s) and 0 error
 //! replies for the well-behaved clients, that a final read of every key finds what its
 //! owner wrote, and that no backend connection was reset. Failures are reported per phase
-//! (a phase's damage can show up to the router's `read_ms` into the next one); a phase
+//! by the phase a request was sent in, each failure also naming the phase it was found in
+//! when that differs (damage can show up to the router's `read_ms` later); a phase
 //! lasts until the well-behaved clients made 200 requests in it, so none goes untested.
 //!
 //! Duration: `SQUEAL_ISOLATION_SECONDS` (default 8: a CI run); set it to e.g. 120 for a
@@ -245,16 +246,16 @@ fn isolation_run(addr: &str, router: Option<&Router>, item_size: usize, total: D
 
     println!("ran {elapsed:?}");
     let mut failures = Vec::new();
-    for (p, t) in phases.iter().zip(&tallies) {
+    for (i, (p, t)) in phases.iter().zip(&tallies).enumerate() {
         println!(
-            "{:<32} hostile inputs sent {:>6}  well-behaved requests: {}",
+            "phase {i:>2} {:<30} hostile inputs sent {:>6}  well-behaved requests: {}",
             p.name,
             p.sent.load(Ordering::Relaxed),
             t.summary()
         );
         if t.failures() > 0 {
             failures.push(format!(
-                "during {} ({}):\n    {}",
+                "requests sent during phase {i} {} ({}):\n    {}",
                 p.name,
                 t.summary(),
                 t.samples().join("\n    ")
