@@ -186,19 +186,35 @@ fn keys_with_control_characters_are_treated_as_memcached_does() {
 /// Sends each case to memcached and through the router; panics listing every difference.
 fn compare(all: Vec<Vec<u8>>) {
     let p = pair();
+    compare_at(&p.direct.addr(), &p.router.addr(), "router", &all);
+}
+
+/// The control: two memcached servers side by side agree on every case, so a difference
+/// the tests above report is the router's, not the cases' (timing, cas uniques).
+#[test]
+fn the_cases_get_identical_replies_from_two_memcacheds() {
+    let flag = ["-I", "2m"];
+    let a = Memcached::start_with(&flag).unwrap();
+    let b = Memcached::start_with(&flag).unwrap();
+    let mut all = cases();
+    all.extend(control_character_key_cases());
+    compare_at(&a.addr(), &b.addr(), "memcached", &all);
+}
+
+fn compare_at(reference: &str, tested: &str, label: &str, all: &[Vec<u8>]) {
     let mut differences = Vec::new();
-    for req in &all {
-        let want = exchange(&p.direct.addr(), req);
-        let got = exchange(&p.router.addr(), req);
+    for req in all {
+        let want = exchange(reference, req);
+        let got = exchange(tested, req);
         if without_cas(&want.bytes) != without_cas(&got.bytes) || want.end != got.end {
             differences.push(format!(
-                "request {:?}\n    memcached: {want}\n    router:    {got}",
+                "request {:?}\n    memcached: {want}\n    {label:<9}: {got}",
                 show(req, 160)
             ));
         }
     }
     println!(
-        "{} of {} cases differ from memcached",
+        "{} of {} cases differ from memcached ({label})",
         differences.len(),
         all.len()
     );
