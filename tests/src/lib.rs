@@ -9,6 +9,8 @@
 //! The first server started in a test process runs `tests/setup.sh`, which installs whatever
 //! is missing, so `cargo test` works on a fresh machine.
 
+pub mod checked;
+pub mod hostile;
 pub mod kafka;
 pub mod mariadb;
 pub mod memcache;
@@ -21,6 +23,7 @@ pub mod regions;
 pub mod router;
 pub mod squeal;
 pub mod twemproxy;
+pub mod wire;
 pub mod workload;
 
 pub use kafka::Broker;

@@ -14,13 +14,23 @@ pub struct Memcached {
 
 impl Memcached {
     pub fn start() -> Result<Memcached> {
+        Memcached::start_with(&[])
+    }
+
+    /// With extra command-line options, e.g. `["-I", "2m"]` for the item size limit a
+    /// router in front of it is configured with. They are not kept for [`restart`].
+    ///
+    /// [`restart`]: Memcached::restart
+    pub fn start_with(extra: &[&str]) -> Result<Memcached> {
         setup();
         let port = free_port();
         let dir = server_dir("memcached")?;
+        let mut cmd = command(port);
+        cmd.args(extra);
         let server = Server::spawn(
             "memcached",
             dir,
-            command(port),
+            cmd,
             loopback(port),
             Duration::from_secs(10),
         )?;

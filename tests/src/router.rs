@@ -64,6 +64,76 @@ impl Router {
         crate::prometheus::sample(&text, name).unwrap_or(0.0)
     }
 
+    /// The `STAT name value` pairs of the router's `stats` command, on a new connection.
+    pub fn stats(&self) -> Result<Vec<(String, String)>> {
+        let mut c = crate::McClient::connect(&self.addr())?;
+        Ok(c.stats("")?
+            .iter()
+            .filter_map(|l| l.strip_prefix("STAT "))
+            .filter_map(|l| l.split_once(' '))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    /// What shows that backend connections were reset, for isolation and load tests to
+    /// compare before and after: see [`BackendCounters`].
+    pub fn backend_counters(&self) -> Result<BackendCounters> {
+        let stats = self.stats()?;
+        let sum = |suffix: &str| -> u64 {
+            stats
+                .iter()
+                .filter(|(k, _)| k.starts_with("server:") && k.ends_with(suffix))
+                .filter_map(|(_, v)| v.parse::<u64>().ok())
+                .sum()
+        };
+        let get = |name: &str| -> u64 {
+            stats
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0)
+        };
+        let text = self.metrics_text().unwrap_or_default();
+        let resets = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.contains("reset") || l.contains("desync"))
+            .map(str::to_string)
+            .collect();
+        Ok(BackendCounters {
+            connects: sum(":connects"),
+            connections_up: sum(":connections_up"),
+            server_errors: sum(":errors"),
+            timeouts: sum(":timeouts"),
+            backend_errors: get("backend_errors"),
+            client_errors: get("client_errors"),
+            reset_metrics: resets,
+        })
+    }
+
+    /// Why backend connections went down, from the router's log: each distinct `reason`
+    /// of a "backend connection down" line with how often it was logged.
+    pub fn backend_down_reasons(&self) -> Vec<(String, usize)> {
+        let log = std::fs::read(&self.server.log).unwrap_or_default();
+        let log = String::from_utf8_lossy(&log);
+        let mut counts: Vec<(String, usize)> = Vec::new();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("backend connection down"))
+        {
+            let plain = strip_ansi(line);
+            let reason = plain
+                .split_once("reason=")
+                .map_or("?", |(_, r)| r.trim())
+                .to_string();
+            match counts.iter_mut().find(|(r, _)| *r == reason) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((reason, 1)),
+            }
+        }
+        counts
+    }
+
     /// SIGKILLs the router and starts it again with the same config and ports: what a
     /// crash and a supervisor restart look like.
     pub fn restart(&mut self) -> Result<()> {
@@ -103,4 +173,47 @@ fn router_bin() -> PathBuf {
         Some(p) if p.exists() => p,
         _ => crate::project::bin("squeal-router"),
     }
+}
+
+/// Backend-side counters of a router. A backend connection that is reset reconnects, so
+/// `connects` grows by one per reset (once the backoff has passed; `connections_up` shows
+/// the ones still down); `backend_errors` counts requests the router failed itself
+/// (`SERVER_ERROR backend unavailable`, queue full, timeouts).
+#[derive(Debug, Clone, Default)]
+pub struct BackendCounters {
+    pub connects: u64,
+    pub connections_up: u64,
+    pub server_errors: u64,
+    pub timeouts: u64,
+    pub backend_errors: u64,
+    pub client_errors: u64,
+    /// Prometheus samples whose name or labels mention `reset` or `desync`, verbatim.
+    pub reset_metrics: Vec<String>,
+}
+
+impl BackendCounters {
+    /// Backend connections reset between `before` and `self`: reconnects, plus connections
+    /// that are down now but were up then.
+    pub fn resets_since(&self, before: &BackendCounters) -> u64 {
+        self.connects.saturating_sub(before.connects)
+            + before.connections_up.saturating_sub(self.connections_up)
+    }
+}
+
+/// `line` without terminal colour escapes (`ESC [ ... m`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
