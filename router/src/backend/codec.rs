@@ -637,4 +637,46 @@ mod tests {
         assert_eq!(w, b"mg k O7 v\r\n");
         assert_eq!(r.unwrap(), b"VA 1 Oabc t-1\r\nx\r\n");
     }
+
+    proptest::proptest! {
+        /// Whatever a backend sends, reading it never panics and never claims more bytes
+        /// than arrived; a reply is either believed whole or is a desync.
+        #[test]
+        fn any_backend_bytes_are_read_safely(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            which in 0usize..6,
+        ) {
+            let req = match which {
+                0 => keyed(Cmd::Get, Op::Get { cas: true, touch: None }),
+                1 => keyed(Cmd::Delete, Op::Delete),
+                2 => keyed(Cmd::Incr, Op::Arith { decr: false, delta: 1 }),
+                3 => Request::Stats { args: Bytes::from_static(b"items") },
+                4 => Request::MultiGet(MultiGetRequest {
+                    cmd: Cmd::Get,
+                    keys: vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")],
+                    cas: false,
+                    touch: None,
+                }),
+                _ => keyed(Cmd::Mg, Op::Meta(crate::protocol::MetaOp {
+                    line: Bytes::from_static(b"mg k v"),
+                    opaque_at: 6,
+                    data: Bytes::new(),
+                    opaque: Some(Bytes::from_static(b"O1")),
+                    takes_opaque: true,
+                })),
+            };
+            let mut next = 0;
+            let mut arena = BytesMut::new();
+            let mut out = VecDeque::new();
+            let mut e = encode(req, &mut next, &mut arena, &mut out);
+            let mut rbuf = BytesMut::from(&bytes[..]);
+            for _ in 0..bytes.len() + 1 {
+                let before = rbuf.len();
+                match e.take(&mut rbuf, &mut arena) {
+                    Ok(Took::Partial) => proptest::prop_assert!(rbuf.len() < before),
+                    Ok(Took::NeedMore) | Ok(Took::Done(_)) | Err(_) => break,
+                }
+            }
+        }
+    }
 }
