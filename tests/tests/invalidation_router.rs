@@ -78,6 +78,23 @@ fn batch(seq: u64, keys: &[&str], markers: &[&str]) -> Batch {
     }
 }
 
+/// Connects to the invalidation port. The router binds it just after its client port
+/// (which is what the harness waits for), so a refusal right after start is retried.
+fn connect_inv(port: u16) -> std::io::Result<TcpStream> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
+}
+
 /// An authenticated connection to the invalidation port (handshake done).
 struct Conn {
     stream: TcpStream,
@@ -87,7 +104,7 @@ struct Conn {
 
 impl Conn {
     fn open(port: u16, secret: &str) -> Result<Conn> {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+        let mut stream = connect_inv(port)?;
         stream.set_read_timeout(Some(Duration::from_secs(20)))?;
         let secret = Secret::new(secret.as_bytes());
         let session = batch::client_handshake(&mut stream, &secret)?;
@@ -264,7 +281,7 @@ fn unauthenticated_or_garbage_frames_delete_nothing() -> Result<()> {
             Refusal::Malformed,
         ),
     ] {
-        let mut raw = TcpStream::connect(("127.0.0.1", r.inv_port))?;
+        let mut raw = connect_inv(r.inv_port)?;
         raw.write_all(&bytes)?;
         let (got, closed) = read_to_close(&mut raw, Duration::from_secs(5));
         assert!(closed, "garbage closes the connection");
@@ -272,7 +289,7 @@ fn unauthenticated_or_garbage_frames_delete_nothing() -> Result<()> {
         assert_eq!(got[HELLO_LEN..], refusal.encode());
     }
     // A handshake with a forged MAC.
-    let mut raw = TcpStream::connect(("127.0.0.1", r.inv_port))?;
+    let mut raw = connect_inv(r.inv_port)?;
     let mut hello = [0u8; HELLO_LEN];
     raw.set_read_timeout(Some(Duration::from_secs(5)))?;
     raw.read_exact(&mut hello)?;
@@ -307,7 +324,7 @@ fn an_old_format_frame_gets_a_clear_error() -> Result<()> {
     let mut v1 = b"SQB1".to_vec();
     v1.extend_from_slice(&40u32.to_be_bytes());
     v1.extend_from_slice(&[0; 40 + 32]);
-    let mut raw = TcpStream::connect(("127.0.0.1", r.inv_port))?;
+    let mut raw = connect_inv(r.inv_port)?;
     raw.write_all(&v1)?;
     let (got, closed) = read_to_close(&mut raw, Duration::from_secs(5));
     assert!(closed, "the connection is closed, not left hanging");
@@ -362,7 +379,7 @@ fn unauthenticated_floods_hold_little_time_out_and_are_counted() -> Result<()> {
     let (v2, v1) = (frame_of(batch::BATCH_MAGIC), frame_of(b"SQB1"));
     let declare_4mb = |frame: std::sync::Arc<Vec<u8>>| {
         std::thread::spawn(move || -> Result<TcpStream> {
-            let mut s = TcpStream::connect(("127.0.0.1", port))?;
+            let mut s = connect_inv(port)?;
             s.set_write_timeout(Some(Duration::from_secs(3)))?;
             // The router stops reading long before 4 MB: a failed or partial write is the
             // expected outcome, not an error.
@@ -379,7 +396,7 @@ fn unauthenticated_floods_hold_little_time_out_and_are_counted() -> Result<()> {
     let slow: Vec<_> = (0..20)
         .map(|_| {
             std::thread::spawn(move || -> Result<(TcpStream, bool)> {
-                let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                let mut s = connect_inv(port)?;
                 s.write_all(batch::AUTH_MAGIC)?;
                 let started = Instant::now();
                 let mut closed = false;
@@ -395,7 +412,7 @@ fn unauthenticated_floods_hold_little_time_out_and_are_counted() -> Result<()> {
         })
         .collect();
     let mut silent: Vec<TcpStream> = (0..20)
-        .map(|_| TcpStream::connect(("127.0.0.1", port)))
+        .map(|_| connect_inv(port))
         .collect::<std::io::Result<_>>()?;
     // An authenticated peer that sends a header and part of a body, then stalls.
     let mut stalled = Conn::open(r.inv_port, SECRET)?;
@@ -506,7 +523,7 @@ fn connections_past_the_unauthenticated_cap_are_refused() -> Result<()> {
     let mut client = McClient::connect(&r.router.addr())?;
     let mut honest = Conn::open(r.inv_port, SECRET)?;
     let mut held: Vec<TcpStream> = (0..20)
-        .map(|_| TcpStream::connect(("127.0.0.1", r.inv_port)))
+        .map(|_| connect_inv(r.inv_port))
         .collect::<std::io::Result<_>>()?;
     let mut refused = 0;
     for s in held.iter_mut() {
@@ -858,5 +875,46 @@ fn operators_inspect_and_replay_the_spool_from_the_cli() -> Result<()> {
         after.contains("0 server(s) with deletes waiting"),
         "{after}"
     );
+    Ok(())
+}
+
+/// A killed server gets its flush from the spool when it comes back, followed by the
+/// deletes spooled after the flush (tombstones again, in this warming cluster).
+#[test]
+fn a_flush_for_a_killed_server_is_applied_when_it_returns() -> Result<()> {
+    use squeal::sink::Sink;
+    let mut r = region("warming = [\"b\"]\nholdoff_secs = 120")?;
+    r.b[1].kill();
+    assert_eq!(
+        send(r.inv_port, SECRET, &[batch(1, &["before"], &[])])?[0].status,
+        AckStatus::Applied
+    );
+    let (rt, sink) = squeal_sink(r.inv_port);
+    rt.block_on(sink.flush_all())
+        .map_err(|e| anyhow::anyhow!("flush_all: {e}"))?;
+    assert_eq!(
+        send(r.inv_port, SECRET, &[batch(2, &["after"], &[])])?[0].status,
+        AckStatus::Applied
+    );
+    assert_eq!(
+        r.router
+            .metric("squeal_router_invalidation_flush_servers_total{outcome=\"spooled\"}"),
+        1.0,
+        "only the killed server's flush is spooled"
+    );
+    r.b[1].restart()?;
+    wait_until(
+        "the spooled flush to replay",
+        Duration::from_secs(20),
+        || {
+            Ok(r.router
+                .metric("squeal_router_spool_replayed_flushes_total")
+                >= 1.0
+                && r.router.metric("squeal_router_spool_pending_keys") == 0.0)
+        },
+    )?;
+    let mut c = McClient::connect(&r.b[1].addr())?;
+    assert!(c.add("before", b"x", 0)?, "superseded by the flush");
+    assert!(!c.add("after", b"x", 0)?, "applied after the flush");
     Ok(())
 }

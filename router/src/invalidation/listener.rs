@@ -195,8 +195,10 @@ async fn handshake(
             }
             Some((stream, session))
         }
-        // A peer that connects and goes away (a port probe) is not worth a warning.
+        // A peer that connects and goes away (a port probe) is counted, not worth a warning.
         Ok(Err(("closed" | "io", e))) => {
+            metrics::counter!("squeal_router_invalidation_frames_rejected_total", "reason" => "closed_in_handshake")
+                .increment(1);
             debug!(%peer, error = %e, "invalidation handshake not completed");
             None
         }

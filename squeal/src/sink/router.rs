@@ -424,3 +424,43 @@ async fn connection_task(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-1 router accepts and waits for a frame without a word: squeal must fail
+    /// within its timeout, saying what is likely wrong, rather than wait for ever.
+    #[tokio::test]
+    async fn a_router_that_sends_no_hello_gets_a_clear_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let started = Instant::now();
+        let err = connect(&addr, &Secret::new(b"k"), Duration::from_millis(300))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(err.contains("wire protocol version 1"), "{err}");
+        held.abort();
+    }
+
+    #[test]
+    fn a_flush_follows_the_last_batch_and_carries_no_keys() {
+        let flush = wire_flush("db1", 41);
+        assert_eq!(
+            (flush.seq, flush.kind, flush.entries.len()),
+            (41, BatchKind::FlushAll, 0)
+        );
+        let a = encode(&flush, &Secret::new(b"k"), batch::KAFKA_CONTEXT).unwrap();
+        let (decoded, _) = WireBatch::decode(&a, &Secret::new(b"k"), batch::KAFKA_CONTEXT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(decoded, flush);
+    }
+}
