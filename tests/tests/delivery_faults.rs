@@ -293,3 +293,107 @@ async fn the_kafka_path_with_a_consumer_restart_loses_nothing() -> Result<()> {
     );
     Ok(())
 }
+
+/// The router's VmRSS in KiB.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok());
+    kib.ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
+}
+
+/// Issue 16's attack while squeal delivers: on both routers' invalidation ports, 30
+/// unauthenticated connections each declaring a 4 MB frame and 20 slowloris handshakes
+/// (a byte every 100 ms). squeal's deliveries go on (0 stale keys), the routers' memory
+/// barely moves, and every attacker is closed and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_flood_during_delivery_loses_nothing() -> Result<()> {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let region = region(None).await?;
+    preset(&region, N)?;
+    let squeal = Squeal::start(&region.squeal_config(RULE))?;
+    let pids: Vec<u32> = region
+        .routers
+        .iter()
+        .map(|r| r.server.pid().expect("router running"))
+        .collect();
+    let mut before = Vec::new();
+    let mut peak = vec![0u64; pids.len()];
+    let mut attackers = Vec::new();
+    let frame = {
+        let mut f = marker::batch::BATCH_MAGIC.to_vec();
+        f.extend_from_slice(&(4u32 << 20).to_be_bytes());
+        f.resize(8 + (4 << 20), 0xab);
+        std::sync::Arc::new(f)
+    };
+    let ports = region.invalidation_ports.clone();
+    let committed = write(&region.db, |t| {
+        if t == N / 3 {
+            for &pid in &pids {
+                before.push(rss_kib(pid)?);
+            }
+            for &port in &ports {
+                for i in 0..50 {
+                    let frame = frame.clone();
+                    attackers.push(std::thread::spawn(move || -> Result<()> {
+                        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                        s.set_write_timeout(Some(Duration::from_secs(3)))?;
+                        if i < 30 {
+                            let _ = s.write_all(&frame);
+                        } else {
+                            let _ = s.write_all(marker::batch::AUTH_MAGIC);
+                            for _ in 0..40 {
+                                if s.write_all(&[0x11]).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(Duration::from_millis(100));
+                            }
+                        }
+                        Ok(())
+                    }));
+                }
+            }
+        }
+        if t > N / 3 && t % 50 == 0 {
+            for (i, &pid) in pids.iter().enumerate() {
+                peak[i] = peak[i].max(rss_kib(pid)?);
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    for a in attackers {
+        a.join().expect("attacker thread")?;
+    }
+    let stale = stale(&region, &committed, Duration::from_secs(60))?;
+    report("unauthenticated flood", &region, &squeal, &committed, stale);
+    for (i, r) in region.routers.iter().enumerate() {
+        let grew = peak[i].saturating_sub(before[i]);
+        let rejected = |reason: &str| {
+            r.metric(&format!(
+                "squeal_router_invalidation_frames_rejected_total{{reason=\"{reason}\"}}"
+            ))
+        };
+        eprintln!(
+            "router {i}: VmRSS {} KiB before the flood, peak {} KiB (+{grew} KiB); rejected: \
+             magic {}, handshake_timeout {}",
+            before[i],
+            peak[i],
+            rejected("magic"),
+            rejected("handshake_timeout")
+        );
+        assert!(grew < 4 * 1024, "router {i}'s RSS grew {grew} KiB");
+        assert!(rejected("magic") >= 30.0 && rejected("handshake_timeout") >= 20.0);
+    }
+    assert_eq!(
+        stale,
+        0,
+        "stale keys; squeal log:\n{}",
+        squeal.server.log_tail()
+    );
+    Ok(())
+}

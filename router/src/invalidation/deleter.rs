@@ -80,11 +80,59 @@ impl Deleter {
         }
     }
 
-    async fn exchange(
+    /// Runs `flush_all` on the server (on the same connection as the deletes, so it stays
+    /// in order with them) and returns once it answered `OK`. A warming server gets no
+    /// special treatment: after a flush there is nothing left that a hold-off protects.
+    pub async fn flush_all(&self) -> Result<(), DeleteError> {
+        let mut guard = self.conn.lock().await;
+        let result = tokio::time::timeout(self.timeout, self.flush_exchange(&mut guard)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                *guard = None;
+                Err(e)
+            }
+            Err(_) => {
+                *guard = None;
+                Err(DeleteError::Timeout {
+                    server: self.server.clone(),
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+
+    async fn flush_exchange(
         &self,
         conn: &mut Option<BufReader<TcpStream>>,
-        keys: &[&[u8]],
     ) -> Result<(), DeleteError> {
+        let stream = self.connected(conn).await?;
+        let io = |source| DeleteError::Io {
+            server: self.server.clone(),
+            source,
+        };
+        stream
+            .get_mut()
+            .write_all(b"flush_all\r\n")
+            .await
+            .map_err(io)?;
+        let mut line = String::new();
+        if stream.read_line(&mut line).await.map_err(io)? == 0 {
+            return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        match line.trim_end() {
+            "OK" => Ok(()),
+            other => Err(DeleteError::Refused {
+                server: self.server.clone(),
+                reply: other.to_string(),
+            }),
+        }
+    }
+
+    async fn connected<'c>(
+        &self,
+        conn: &'c mut Option<BufReader<TcpStream>>,
+    ) -> Result<&'c mut BufReader<TcpStream>, DeleteError> {
         if conn.is_none() {
             let stream =
                 TcpStream::connect(&self.server)
@@ -96,7 +144,15 @@ impl Deleter {
             let _ = stream.set_nodelay(true);
             *conn = Some(BufReader::new(stream));
         }
-        let stream = conn.as_mut().expect("connected above");
+        Ok(conn.as_mut().expect("connected above"))
+    }
+
+    async fn exchange(
+        &self,
+        conn: &mut Option<BufReader<TcpStream>>,
+        keys: &[&[u8]],
+    ) -> Result<(), DeleteError> {
+        let stream = self.connected(conn).await?;
         let io = |source| DeleteError::Io {
             server: self.server.clone(),
             source,

@@ -10,7 +10,7 @@ use marker::batch::{Batch, EntryKind};
 use tracing::{info, warn};
 
 use super::deleter::Deleter;
-use super::spool::{Spool, SpoolError};
+use super::spool::{Record, Spool, SpoolError};
 
 /// Where a key lives in one pool: the same placement the data path uses, so an
 /// invalidation reaches the server that holds the value.
@@ -172,6 +172,65 @@ impl Fanout {
         })
     }
 
+    /// Runs `flush_all` on every server of every cluster and marker pool, concurrently.
+    /// `Ok` means each server was flushed or a flush was durably spooled for it (in order
+    /// after its spooled deletes, when it has some): the flush may be acknowledged. In the
+    /// returned counts, `deleted` is servers flushed now, `spooled` servers whose flush waits
+    /// in the spool.
+    pub async fn flush_all(&self) -> Result<Applied, SpoolError> {
+        let mut servers: Vec<String> = self
+            .clusters
+            .iter()
+            .chain(&self.marker_pools)
+            .flat_map(|t| t.placement.servers())
+            .collect();
+        servers.sort();
+        servers.dedup();
+        let mut applied = Applied::default();
+        let flushes = servers.into_iter().map(|s| self.flush_server(s));
+        for result in futures_util::future::join_all(flushes).await {
+            if result? {
+                applied.spooled += 1;
+            } else {
+                applied.deleted += 1;
+            }
+        }
+        metrics::counter!("squeal_router_invalidation_flush_servers_total", "outcome" => "flushed")
+            .increment(applied.deleted);
+        metrics::counter!("squeal_router_invalidation_flush_servers_total", "outcome" => "spooled")
+            .increment(applied.spooled);
+        info!(
+            flushed = applied.deleted,
+            spooled = applied.spooled,
+            "flush_all applied to every cluster and marker pool"
+        );
+        Ok(applied)
+    }
+
+    /// Flushes one server now, or spools the flush (true) if it has spooled deletes waiting
+    /// (the flush must follow them) or cannot be reached.
+    async fn flush_server(&self, server: String) -> Result<bool, SpoolError> {
+        if !self.spool.has_pending(&server) {
+            let deleter = self
+                .deleters
+                .get(&server)
+                .expect("a deleter per target server");
+            match deleter.flush_all().await {
+                Ok(()) => return Ok(false),
+                Err(e) => warn!(%server, error = %e, "flush_all failed; spooling it"),
+            }
+        }
+        let spool = self.spool.clone();
+        tokio::task::spawn_blocking(move || spool.append_flush(&server))
+            .await
+            .expect("spool append does not panic")
+            .inspect_err(|e| {
+                metrics::gauge!("squeal_router_spool_full").set(1.0);
+                tracing::error!(error = %e, "ALARM: cannot spool a flush; rejecting it");
+            })?;
+        Ok(true)
+    }
+
     /// Drains the spool for ever: every `interval`, each server with pending deletes gets
     /// them replayed in order, in chunks, the cursor advancing after each applied chunk. A
     /// server that still fails is retried with exponential backoff (up to 5 s).
@@ -220,18 +279,32 @@ impl Fanout {
         loop {
             let spool = self.spool.clone();
             let name = server.to_string();
-            let (keys, offset) =
+            let (records, offset) =
                 tokio::task::spawn_blocking(move || spool.peek(&name, 1000)).await??;
-            if keys.is_empty() {
+            if records.is_empty() {
                 return Ok(total);
             }
-            let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            // In order: a flush supersedes the deletes before it (they need not be sent),
+            // and the deletes after it go out after it.
+            let mut refs: Vec<&[u8]> = Vec::with_capacity(records.len());
+            for record in &records {
+                match record {
+                    Record::Delete(key) => refs.push(key),
+                    Record::FlushAll => {
+                        refs.clear();
+                        deleter.flush_all().await?;
+                        metrics::counter!("squeal_router_spool_replayed_flushes_total")
+                            .increment(1);
+                    }
+                }
+            }
             deleter.delete_all(&refs).await?;
-            let n = keys.len() as u64;
+            let n = records.len() as u64;
             let spool = self.spool.clone();
             let name = server.to_string();
             let drained =
-                tokio::task::spawn_blocking(move || spool.commit(&name, offset, n)).await??;
+                tokio::task::spawn_blocking(move || spool.commit(&name, offset, &records))
+                    .await??;
             total += n;
             metrics::counter!("squeal_router_spool_replayed_total").increment(n);
             if drained {

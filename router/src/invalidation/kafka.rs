@@ -4,12 +4,19 @@
 //!
 //! A message that fails authentication can never become valid, so it is counted, logged and
 //! skipped (committed): one poisoned message must not stall its partition for ever.
+//!
+//! There is no handshake here: every message carries its own MAC, under the Kafka context
+//! (`marker::batch::KAFKA_CONTEXT`), so a frame captured from a TCP session is not a valid
+//! message. A flush_all from squeal arrives once per partition (so it is ordered with the
+//! deletes of every partition); a router applies it once and skips the copies from its
+//! other partitions (recognised by source, sequence number and time: two flushes with no
+//! batch between them share a sequence number, and the second must still be applied).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use marker::batch::{Batch, Secret};
+use marker::batch::{Batch, BatchKind, Secret, KAFKA_CONTEXT};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
@@ -59,6 +66,9 @@ pub async fn consume(config: KafkaConfig, fanout: Arc<Fanout>, secret: Secret) {
     };
     info!(topic = %config.topic, group = %config.group, "consuming invalidations from Kafka");
     tokio::spawn(report_lag(consumer.clone()));
+    let rejects = super::listener::RejectLog::default();
+    // The last flushes applied, to skip their copies from other partitions.
+    let mut flushed: std::collections::VecDeque<(String, u64, u64)> = Default::default();
     loop {
         let message = match consumer.recv().await {
             Ok(m) => m,
@@ -69,7 +79,30 @@ pub async fn consume(config: KafkaConfig, fanout: Arc<Fanout>, secret: Secret) {
             }
         };
         let payload = message.payload().unwrap_or_default();
-        match Batch::decode(payload, &secret) {
+        match Batch::decode(payload, &secret, KAFKA_CONTEXT) {
+            Ok(Some((batch, used)))
+                if used == payload.len() && batch.kind == BatchKind::FlushAll =>
+            {
+                let id = (batch.source.clone(), batch.seq, batch.commit_time_us);
+                if flushed.contains(&id) {
+                    tracing::debug!(source = %batch.source, seq = batch.seq, "flush already applied");
+                } else {
+                    info!(source = %batch.source, seq = batch.seq, partition = message.partition(),
+                        "flush_all requested over Kafka");
+                    metrics::counter!("squeal_router_invalidation_flushes_total", "transport" => "kafka")
+                        .increment(1);
+                    let mut delay = Duration::from_millis(100);
+                    while let Err(e) = fanout.flush_all().await {
+                        warn!(error = %e, ?delay, "cannot apply Kafka flush yet; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    if flushed.len() == 64 {
+                        flushed.pop_front();
+                    }
+                    flushed.push_back(id);
+                }
+            }
             Ok(Some((batch, used))) if used == payload.len() => {
                 metrics::counter!("squeal_router_invalidation_batches_total", "transport" => "kafka")
                     .increment(1);
@@ -87,10 +120,16 @@ pub async fn consume(config: KafkaConfig, fanout: Arc<Fanout>, secret: Secret) {
                     Err(e) => e.to_string(),
                     _ => "not exactly one frame".to_string(),
                 };
-                metrics::counter!("squeal_router_invalidation_frames_rejected_total", "reason" => "kafka")
-                    .increment(1);
-                warn!(partition = message.partition(), offset = message.offset(), %reason,
-                    "skipping invalid Kafka message");
+                let at = format!(
+                    "partition {} offset {}",
+                    message.partition(),
+                    message.offset()
+                );
+                rejects.reject(
+                    "kafka",
+                    &at,
+                    &format_args!("skipping invalid Kafka message: {reason}"),
+                );
             }
         }
         if let Err(e) = consumer.commit_message(&message, CommitMode::Async) {

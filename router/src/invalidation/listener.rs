@@ -1,43 +1,223 @@
-//! The native invalidation port: squeal connects, sends authenticated batch frames, and gets
-//! an ack for each once its deletes were applied or spooled.
+//! The native invalidation port: squeal connects, proves it holds the shared secret in a
+//! challenge-response handshake, then sends authenticated batch (and flush) frames and gets
+//! an ack for each once it was applied or spooled.
+//!
+//! What an unauthenticated peer can make the router hold is bounded: before the handshake
+//! completes, the router reads at most `marker::batch::AUTH_LEN` bytes into a fixed buffer
+//! (no read buffer is allocated until then), gives up after `handshake_timeout_ms`, and
+//! keeps at most `max_unauthenticated` such connections (more are refused at accept). After
+//! it, each frame's 8-byte header is checked (magic, length bound) before its body is read,
+//! and a frame that has started must complete within `frame_timeout_ms`.
 //!
 //! Frames on one connection are applied and acknowledged in order, so squeal may pipeline a
-//! window of batches. A frame that fails authentication or parsing is counted and logged,
-//! and the connection is closed: it never causes a delete, and other connections carry on.
+//! window of batches. A frame that fails authentication or parsing is counted and logged
+//! (rate-limited), and the connection is closed: it never causes a delete, and other
+//! connections carry on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use marker::batch::{Ack, AckStatus, Batch, Secret, WireError};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use marker::batch::{
+    self, Ack, AckStatus, Batch, BatchKind, Refusal, Secret, Session, WireError, AUTH_LEN,
+    HEADER_LEN,
+};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::fanout::Fanout;
 
+/// The port's limits on unauthenticated and slow peers (`[invalidation]` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time a new connection has to complete the handshake.
+    pub handshake_timeout: Duration,
+    /// Time a frame has, from its first byte, to arrive whole.
+    pub frame_timeout: Duration,
+    /// Connections allowed in their handshake at once.
+    pub max_unauthenticated: usize,
+}
+
+/// Counts every rejection by reason and logs it, at most once a second per reason, with how
+/// many were suppressed since: a flood of garbage must not become a flood of log lines, but
+/// none may go unseen.
+#[derive(Default)]
+pub struct RejectLog(Mutex<HashMap<&'static str, (Instant, u64)>>);
+
+impl RejectLog {
+    pub fn reject(&self, reason: &'static str, peer: &str, error: &dyn std::fmt::Display) {
+        metrics::counter!("squeal_router_invalidation_frames_rejected_total", "reason" => reason)
+            .increment(1);
+        let suppressed = {
+            let mut seen = self.0.lock().unwrap();
+            let now = Instant::now();
+            match seen.get_mut(reason) {
+                Some((last, count)) if now.duration_since(*last) < Duration::from_secs(1) => {
+                    *count += 1;
+                    return;
+                }
+                Some((last, count)) => {
+                    *last = now;
+                    std::mem::take(count)
+                }
+                None => {
+                    seen.insert(reason, (now, 0));
+                    0
+                }
+            }
+        };
+        warn!(
+            peer,
+            reason,
+            error = %error,
+            suppressed_since_last = suppressed,
+            "rejecting invalidation connection (counted in \
+             squeal_router_invalidation_frames_rejected_total{{reason}}); check that squeal \
+             and the router share the secret and protocol version"
+        );
+    }
+}
+
+/// The reason label of a wire error.
+pub fn reason_of(e: &WireError) -> &'static str {
+    match e {
+        WireError::BadMac => "auth",
+        WireError::BadMagic(_) => "magic",
+        WireError::OldVersion(_) | WireError::Version(_) => "old_version",
+        WireError::TooLarge(_) => "size",
+        _ => "malformed",
+    }
+}
+
 /// Accepts squeal connections on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, fanout: Arc<Fanout>, secret: Secret) {
+pub async fn serve(listener: TcpListener, fanout: Arc<Fanout>, secret: Secret, limits: Limits) {
     let seen = Arc::new(SeenSequences::default());
+    let rejects = Arc::new(RejectLog::default());
+    let unauthenticated = Arc::new(Semaphore::new(limits.max_unauthenticated));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 warn!(error = %e, "invalidation accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        // Refused at once, not queued: a queue would hold what the cap is there to bound.
+        let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
+            rejects.reject(
+                "unauthenticated_limit",
+                &peer.to_string(),
+                &format_args!(
+                    "{} connections already in their handshake (max_unauthenticated)",
+                    limits.max_unauthenticated
+                ),
+            );
+            let _ = stream.try_write(&Refusal::Busy.encode());
+            continue;
         };
         let fanout = fanout.clone();
         let secret = secret.clone();
         let seen = seen.clone();
+        let rejects = rejects.clone();
         tokio::spawn(async move {
-            match connection(stream, peer, &fanout, &secret, &seen).await {
+            metrics::gauge!("squeal_router_invalidation_unauthenticated_connections")
+                .increment(1.0);
+            let session = handshake(stream, peer, &secret, &limits, &rejects).await;
+            metrics::gauge!("squeal_router_invalidation_unauthenticated_connections")
+                .decrement(1.0);
+            drop(permit);
+            let Some((stream, session)) = session else {
+                return;
+            };
+            debug!(%peer, "invalidation connection authenticated");
+            match connection(stream, peer, &fanout, &secret, &session, &limits, &seen).await {
                 Ok(()) => debug!(%peer, "invalidation connection closed"),
-                Err(e) => warn!(%peer, error = %e, "invalidation connection dropped"),
+                Err((reason, e)) => rejects.reject(reason, &peer.to_string(), &e),
             }
         });
+    }
+}
+
+/// Runs the router's half of the handshake: the stream and its session once the peer proved
+/// it holds the secret, `None` (counted, logged, refusal sent) otherwise.
+async fn handshake(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    secret: &Secret,
+    limits: &Limits,
+    rejects: &RejectLog,
+) -> Option<(TcpStream, Session)> {
+    let _ = stream.set_nodelay(true);
+    let router_nonce = batch::random_nonce();
+    let exchange = async {
+        stream
+            .write_all(&batch::encode_hello(&router_nonce))
+            .await
+            .map_err(|e| ("io", e.to_string()))?;
+        // The only buffer an unauthenticated peer gets: AUTH_LEN bytes on the stack.
+        let mut buf = [0u8; AUTH_LEN];
+        let mut have = 0;
+        loop {
+            match stream.read(&mut buf[have..]).await {
+                Ok(0) => return Err(("closed", "closed during the handshake".to_string())),
+                Ok(n) => have += n,
+                Err(e) => return Err(("io", e.to_string())),
+            }
+            match batch::decode_auth(&buf[..have], secret, &router_nonce) {
+                Ok(Some(session)) => return Ok(session),
+                Ok(None) => continue,
+                Err(e) => {
+                    let refusal = match &e {
+                        WireError::BadMac => Refusal::Auth,
+                        WireError::OldVersion(_) => Refusal::Version,
+                        _ => Refusal::Malformed,
+                    };
+                    let _ = stream.write_all(&refusal.encode()).await;
+                    return Err((reason_of(&e), e.to_string()));
+                }
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(limits.handshake_timeout, exchange).await;
+    let peer = peer.to_string();
+    match outcome {
+        Ok(Ok(session)) => {
+            if stream
+                .write_all(&batch::encode_welcome(secret, &session))
+                .await
+                .is_err()
+            {
+                return None;
+            }
+            Some((stream, session))
+        }
+        // A peer that connects and goes away (a port probe) is counted, not worth a warning.
+        Ok(Err(("closed" | "io", e))) => {
+            metrics::counter!("squeal_router_invalidation_frames_rejected_total", "reason" => "closed_in_handshake")
+                .increment(1);
+            debug!(%peer, error = %e, "invalidation handshake not completed");
+            None
+        }
+        Ok(Err((reason, e))) => {
+            rejects.reject(reason, &peer, &e);
+            None
+        }
+        Err(_) => {
+            let _ = stream.try_write(&Refusal::Timeout.encode());
+            rejects.reject(
+                "handshake_timeout",
+                &peer,
+                &format_args!(
+                    "handshake not completed within {:?} (handshake_timeout_ms)",
+                    limits.handshake_timeout
+                ),
+            );
+            None
+        }
     }
 }
 
@@ -63,61 +243,105 @@ impl SeenSequences {
     }
 }
 
+/// Reads one whole frame: the header first, checked before anything is allocated for the
+/// body. `Ok(None)` on a clean close between frames.
+async fn read_frame(
+    reader: &mut BufReader<TcpStream>,
+    limits: &Limits,
+) -> Result<Option<Vec<u8>>, (&'static str, WireError)> {
+    // Between frames an authenticated connection may idle for as long as squeal likes.
+    match reader.fill_buf().await {
+        Ok([]) | Err(_) => return Ok(None),
+        Ok(_) => {}
+    }
+    let read = async {
+        let mut header = [0u8; HEADER_LEN];
+        reader.read_exact(&mut header).await.map_err(|_| {
+            (
+                "truncated",
+                WireError::Malformed("connection closed mid-frame"),
+            )
+        })?;
+        let total = Batch::frame_len(&header).map_err(|e| (reason_of(&e), e))?;
+        let mut frame = vec![0u8; total];
+        frame[..HEADER_LEN].copy_from_slice(&header);
+        reader
+            .read_exact(&mut frame[HEADER_LEN..])
+            .await
+            .map_err(|_| {
+                (
+                    "truncated",
+                    WireError::Malformed("connection closed mid-frame"),
+                )
+            })?;
+        Ok(Some(frame))
+    };
+    match tokio::time::timeout(limits.frame_timeout, read).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            "frame_timeout",
+            WireError::Malformed("a frame did not arrive whole within frame_timeout_ms"),
+        )),
+    }
+}
+
 async fn connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     fanout: &Fanout,
     secret: &Secret,
+    session: &Session,
+    limits: &Limits,
     seen: &SeenSequences,
-) -> Result<(), WireError> {
-    let _ = stream.set_nodelay(true);
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut chunk = vec![0u8; 64 * 1024];
-    loop {
-        // Apply every complete frame already buffered before reading more.
-        loop {
-            let decoded = Batch::decode(&buf, secret).inspect_err(|e| {
-                let reason = match e {
-                    WireError::BadMac => "auth",
-                    WireError::BadMagic(_) => "magic",
-                    WireError::TooLarge(_) => "size",
-                    _ => "malformed",
-                };
-                metrics::counter!("squeal_router_invalidation_frames_rejected_total", "reason" => reason)
-                    .increment(1);
-                warn!(%peer, error = %e, "rejecting invalidation frame; closing connection");
-            })?;
-            let Some((batch, used)) = decoded else { break };
-            buf.drain(..used);
-            let started = Instant::now();
-            if seen.record(&batch.source, batch.seq) {
-                metrics::counter!("squeal_router_invalidation_duplicate_batches_total")
-                    .increment(1);
-            }
-            metrics::counter!("squeal_router_invalidation_batches_total", "transport" => "native")
-                .increment(1);
-            let status = match fanout.apply(&batch).await {
-                Ok(_) => AckStatus::Applied,
-                Err(e) => {
-                    warn!(source = %batch.source, seq = batch.seq, error = %e, "batch rejected");
-                    AckStatus::Rejected
+) -> Result<(), (&'static str, WireError)> {
+    let context = session.context();
+    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    while let Some(frame) = read_frame(&mut reader, limits).await? {
+        let (batch, _) = Batch::decode(&frame, secret, &context)
+            .map_err(|e| (reason_of(&e), e))?
+            .expect("read_frame returns whole frames");
+        drop(frame);
+        let started = Instant::now();
+        let result = match batch.kind {
+            BatchKind::Deletes => {
+                if seen.record(&batch.source, batch.seq) {
+                    metrics::counter!("squeal_router_invalidation_duplicate_batches_total")
+                        .increment(1);
                 }
-            };
-            let ack = Ack {
-                seq: batch.seq,
-                status,
-            };
-            if stream.write_all(&ack.encode(secret)).await.is_err() {
-                return Ok(());
+                metrics::counter!("squeal_router_invalidation_batches_total", "transport" => "native")
+                    .increment(1);
+                fanout.apply(&batch).await.map(|_| ())
             }
-            metrics::histogram!("squeal_router_invalidation_ack_seconds")
-                .record(started.elapsed().as_secs_f64());
+            BatchKind::FlushAll => {
+                info!(%peer, source = %batch.source, seq = batch.seq, "flush_all requested");
+                metrics::counter!("squeal_router_invalidation_flushes_total", "transport" => "native")
+                    .increment(1);
+                fanout.flush_all().await.map(|_| ())
+            }
+        };
+        let status = match result {
+            Ok(()) => AckStatus::Applied,
+            Err(e) => {
+                warn!(source = %batch.source, seq = batch.seq, error = %e, "batch rejected");
+                AckStatus::Rejected
+            }
+        };
+        let ack = Ack {
+            seq: batch.seq,
+            status,
+        };
+        if reader
+            .get_mut()
+            .write_all(&ack.encode(secret, &context))
+            .await
+            .is_err()
+        {
+            return Ok(());
         }
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return Ok(()),
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
+        metrics::histogram!("squeal_router_invalidation_ack_seconds")
+            .record(started.elapsed().as_secs_f64());
     }
+    Ok(())
 }
 
 /// Binds the invalidation port and logs where it listens.

@@ -56,6 +56,19 @@ pub struct InvalidationConfig {
     /// How often the spool is checked for servers to replay.
     #[serde(default = "default_replay_interval_ms")]
     pub replay_interval_ms: u64,
+    /// Time a new connection to the native port has to complete the handshake (prove it
+    /// holds the secret) before it is closed.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Time a frame has, from its first byte, to arrive whole: a peer that stalls mid-frame
+    /// cannot hold a connection and its buffer for ever.
+    #[serde(default = "default_frame_timeout_ms")]
+    pub frame_timeout_ms: u64,
+    /// Connections allowed in their handshake at once; more are refused at accept (and
+    /// counted), so unauthenticated peers cannot make the router hold more than about
+    /// this many times a few hundred bytes.
+    #[serde(default = "default_max_unauthenticated")]
+    pub max_unauthenticated: usize,
     pub kafka: Option<kafka::KafkaConfig>,
 }
 
@@ -70,6 +83,15 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_replay_interval_ms() -> u64 {
     200
+}
+fn default_handshake_timeout_ms() -> u64 {
+    2000
+}
+fn default_frame_timeout_ms() -> u64 {
+    10_000
+}
+fn default_max_unauthenticated() -> usize {
+    64
 }
 
 impl InvalidationConfig {
@@ -96,6 +118,14 @@ impl InvalidationConfig {
         }
         if self.holdoff_secs == 0 {
             bail!("[invalidation] `holdoff_secs` must be at least 1");
+        }
+        if self.handshake_timeout_ms == 0 || self.frame_timeout_ms == 0 {
+            bail!(
+                "[invalidation] `handshake_timeout_ms` and `frame_timeout_ms` must be at least 1"
+            );
+        }
+        if self.max_unauthenticated == 0 {
+            bail!("[invalidation] `max_unauthenticated` must be at least 1, or no squeal could connect");
         }
         Ok(())
     }
@@ -234,7 +264,14 @@ pub fn spool_cli(config: &crate::config::Config, replay: bool) -> anyhow::Result
         pending.len()
     );
     for p in &pending {
-        println!("  {}  {} deletes  {} bytes", p.server, p.keys, p.bytes);
+        let flushes = match p.flushes {
+            0 => String::new(),
+            n => format!("  {n} flush_all"),
+        };
+        println!(
+            "  {}  {} deletes{flushes}  {} bytes",
+            p.server, p.keys, p.bytes
+        );
     }
     if !replay || pending.is_empty() {
         return Ok(());
@@ -290,7 +327,17 @@ pub async fn start(
         let listener = listener::bind(addr)
             .await
             .with_context(|| format!("binding invalidation port {addr}"))?;
-        tokio::spawn(listener::serve(listener, fanout.clone(), secret.clone()));
+        let limits = listener::Limits {
+            handshake_timeout: Duration::from_millis(config.handshake_timeout_ms),
+            frame_timeout: Duration::from_millis(config.frame_timeout_ms),
+            max_unauthenticated: config.max_unauthenticated,
+        };
+        tokio::spawn(listener::serve(
+            listener,
+            fanout.clone(),
+            secret.clone(),
+            limits,
+        ));
     }
     if let Some(kafka) = config.kafka.clone() {
         tokio::spawn(kafka::consume(kafka, fanout.clone(), secret));

@@ -8,7 +8,10 @@
 //! On disk, one pair of files per server, named after its address:
 //!
 //! - `<server>.spool`: one key per line, appended in arrival order. Legal memcache keys hold
-//!   no whitespace or control characters, so a newline can end a record safely. A last line
+//!   no whitespace or control characters, so a newline can end a record safely, and the
+//!   line `* flush_all` (it holds a space, so it is never a key) records a flush of the
+//!   server, replayed in its place among the deletes: a delete spooled before it is
+//!   superseded by it, one spooled after it is still applied after it. A last line
 //!   without its newline was torn by a crash before its fsync, so it was never acknowledged;
 //!   it is dropped at open (squeal re-sends it).
 //! - `<server>.cursor`: the byte offset replayed so far, replaced atomically (write, fsync,
@@ -45,12 +48,24 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SpoolError + '_ {
     }
 }
 
+/// The spool line that stands for a `flush_all` of the server.
+const FLUSH_RECORD: &[u8] = b"* flush_all";
+
+/// One spooled operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Delete(Vec<u8>),
+    FlushAll,
+}
+
 /// What one server's spool holds, for `stats`, metrics and the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
     pub server: String,
     /// Deletes not yet replayed.
     pub keys: u64,
+    /// Flushes not yet replayed.
+    pub flushes: u64,
     /// Bytes not yet replayed.
     pub bytes: u64,
 }
@@ -64,8 +79,9 @@ struct ServerSpool {
     len: u64,
     /// Bytes already replayed.
     cursor: u64,
-    /// Records not yet replayed (kept so `stats` need not read the file).
+    /// Deletes and flushes not yet replayed (kept so `stats` need not read the file).
     pending_keys: u64,
+    pending_flushes: u64,
 }
 
 /// The spool directory: every server's pending deletes.
@@ -117,6 +133,25 @@ impl Spool {
         if count == 0 {
             return Ok(0);
         }
+        self.write_record(server, &record, count, 0)?;
+        Ok(count)
+    }
+
+    /// Appends a `flush_all` of `server`, after every delete spooled for it so far, and
+    /// fsyncs before returning.
+    pub fn append_flush(&self, server: &str) -> Result<(), SpoolError> {
+        let mut record = FLUSH_RECORD.to_vec();
+        record.push(b'\n');
+        self.write_record(server, &record, 0, 1)
+    }
+
+    fn write_record(
+        &self,
+        server: &str,
+        record: &[u8],
+        count: u64,
+        flushes: u64,
+    ) -> Result<(), SpoolError> {
         let mut servers = self.servers.lock().unwrap();
         let used: u64 = servers.values().map(|s| s.len - s.cursor).sum();
         if used + record.len() as u64 > self.max_bytes {
@@ -130,11 +165,12 @@ impl Spool {
             servers.insert(server.to_string(), spool);
         }
         let spool = servers.get_mut(server).expect("inserted above");
-        spool.file.write_all(&record).map_err(io_err(&spool.path))?;
+        spool.file.write_all(record).map_err(io_err(&spool.path))?;
         spool.file.sync_data().map_err(io_err(&spool.path))?;
         spool.len += record.len() as u64;
         spool.pending_keys += count;
-        Ok(count)
+        spool.pending_flushes += flushes;
+        Ok(())
     }
 
     /// True when `server` has deletes waiting: new deletes for it go to the spool too, so
@@ -157,9 +193,9 @@ impl Spool {
             .collect()
     }
 
-    /// Up to `max` of `server`'s oldest unreplayed keys, and the offset to pass to
+    /// Up to `max` of `server`'s oldest unreplayed records, and the offset to pass to
     /// [`Spool::commit`] once they were applied.
-    pub fn peek(&self, server: &str, max: usize) -> Result<(Vec<Vec<u8>>, u64), SpoolError> {
+    pub fn peek(&self, server: &str, max: usize) -> Result<(Vec<Record>, u64), SpoolError> {
         let servers = self.servers.lock().unwrap();
         let Some(spool) = servers.get(server) else {
             return Ok((Vec::new(), 0));
@@ -181,7 +217,11 @@ impl Spool {
             }
             offset += n as u64;
             line.pop();
-            keys.push(line.clone());
+            keys.push(if line == FLUSH_RECORD {
+                Record::FlushAll
+            } else {
+                Record::Delete(line.clone())
+            });
         }
         Ok((keys, offset))
     }
@@ -189,13 +229,21 @@ impl Spool {
     /// Records that everything before `offset` was replayed. When a server's spool is fully
     /// replayed its files are removed, under the same lock that appends take, so a delete
     /// appended meanwhile is never lost with them.
-    pub fn commit(&self, server: &str, offset: u64, keys: u64) -> Result<bool, SpoolError> {
+    pub fn commit(
+        &self,
+        server: &str,
+        offset: u64,
+        records: &[Record],
+    ) -> Result<bool, SpoolError> {
+        let flushes = records.iter().filter(|r| **r == Record::FlushAll).count() as u64;
+        let keys = records.len() as u64 - flushes;
         let mut servers = self.servers.lock().unwrap();
         let Some(spool) = servers.get_mut(server) else {
             return Ok(true);
         };
         spool.cursor = offset.min(spool.len);
         spool.pending_keys = spool.pending_keys.saturating_sub(keys);
+        spool.pending_flushes = spool.pending_flushes.saturating_sub(flushes);
         if spool.cursor == spool.len {
             let spool = servers.remove(server).expect("present");
             let _ = fs::remove_file(&spool.cursor_path);
@@ -215,6 +263,7 @@ impl Spool {
             .map(|(server, s)| Pending {
                 server: server.clone(),
                 keys: s.pending_keys,
+                flushes: s.pending_flushes,
                 bytes: s.len - s.cursor,
             })
             .filter(|p| p.bytes > 0)
@@ -251,10 +300,14 @@ impl ServerSpool {
             Ok(text) => text.trim().parse::<u64>().unwrap_or(0).min(complete as u64),
             Err(_) => 0,
         };
-        let pending_keys = data[cursor as usize..complete]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
+        let (mut pending_keys, mut pending_flushes) = (0, 0);
+        for line in data[cursor as usize..complete].split_inclusive(|&b| b == b'\n') {
+            if &line[..line.len() - 1] == FLUSH_RECORD {
+                pending_flushes += 1;
+            } else {
+                pending_keys += 1;
+            }
+        }
         Ok(ServerSpool {
             file,
             path,
@@ -262,6 +315,7 @@ impl ServerSpool {
             len: complete as u64,
             cursor,
             pending_keys,
+            pending_flushes,
         })
     }
 }
@@ -318,8 +372,13 @@ fn unescape_name(name: &str) -> String {
 mod tests {
     use super::*;
 
-    fn keys(v: &[&str]) -> Vec<Vec<u8>> {
-        v.iter().map(|k| k.as_bytes().to_vec()).collect()
+    fn keys(v: &[&str]) -> Vec<Record> {
+        v.iter()
+            .map(|k| match *k {
+                "FLUSH" => Record::FlushAll,
+                k => Record::Delete(k.as_bytes().to_vec()),
+            })
+            .collect()
     }
 
     #[test]
@@ -338,7 +397,7 @@ mod tests {
         assert!(spool.has_pending(server));
         let (first, offset) = spool.peek(server, 2).unwrap();
         assert_eq!(first, keys(&["a", "b"]));
-        assert!(!spool.commit(server, offset, 2).unwrap());
+        assert!(!spool.commit(server, offset, &first).unwrap());
         drop(spool);
 
         // A restart resumes after the committed cursor.
@@ -348,13 +407,14 @@ mod tests {
             vec![Pending {
                 server: server.into(),
                 keys: 1,
+                flushes: 0,
                 bytes: 2
             }]
         );
         spool.append(server, [&b"d"[..]]).unwrap();
         let (rest, offset) = spool.peek(server, 10).unwrap();
         assert_eq!(rest, keys(&["c", "d"]));
-        assert!(spool.commit(server, offset, 2).unwrap(), "drained");
+        assert!(spool.commit(server, offset, &rest).unwrap(), "drained");
         assert!(!spool.has_pending(server));
         assert_eq!(
             fs::read_dir(dir.path()).unwrap().count(),
@@ -381,6 +441,37 @@ mod tests {
     }
 
     #[test]
+    fn a_flush_keeps_its_place_among_the_deletes_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.append("s:1", [&b"before"[..]]).unwrap();
+        spool.append_flush("s:1").unwrap();
+        spool.append("s:1", [&b"after"[..], b"flush_all"]).unwrap();
+        let check = |spool: &Spool| {
+            assert_eq!(
+                spool.pending(),
+                vec![Pending {
+                    server: "s:1".into(),
+                    keys: 3,
+                    flushes: 1,
+                    bytes: 7 + 12 + 6 + 10
+                }]
+            );
+            let (got, _) = spool.peek("s:1", 10).unwrap();
+            // A key spelled like the command is still just a key.
+            assert_eq!(got, keys(&["before", "FLUSH", "after", "flush_all"]));
+        };
+        check(&spool);
+        drop(spool);
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        check(&spool);
+        let (first, offset) = spool.peek("s:1", 2).unwrap();
+        assert!(!spool.commit("s:1", offset, &first).unwrap());
+        assert_eq!(spool.pending()[0].flushes, 0);
+        assert_eq!(spool.pending()[0].keys, 2);
+    }
+
+    #[test]
     fn a_full_spool_refuses_instead_of_dropping() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 10).unwrap();
@@ -391,8 +482,8 @@ mod tests {
             "{err}"
         );
         // Replaying frees room.
-        let (_, offset) = spool.peek("s:1", 10).unwrap();
-        spool.commit("s:1", offset, 1).unwrap();
+        let (records, offset) = spool.peek("s:1", 10).unwrap();
+        spool.commit("s:1", offset, &records).unwrap();
         spool.append("s:2", [&b"xy"[..]]).unwrap();
     }
 }

@@ -4,16 +4,25 @@
 //! Keys are partitioned by a hash of the key, so every invalidation of one key lands in one
 //! partition and stays in commit order there; a batch becomes one message per partition it
 //! touches, each an authenticated `marker::batch` frame the routers' consumer groups apply.
+//! There is no handshake on this path: each message carries its own MAC, under the Kafka
+//! context (`marker::batch::KAFKA_CONTEXT`).
+//!
+//! A flush_all becomes one flush frame on *every* partition, so that each consumer applies
+//! it in order with the deletes of each partition it reads; a router skips the copies of a
+//! flush it already applied. It counts as delivered when the broker acked every copy, like
+//! a batch: the routers apply it (or spool it per server) before committing its offset.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use marker::batch::Secret;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use marker::batch::{Secret, KAFKA_CONTEXT};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
-use super::router::{encode, MarkerPrefix};
+use super::router::{encode, wire, wire_flush, MarkerPrefix};
 use super::{Sink, SinkError, SinkFuture};
 use crate::batch::Batch;
 
@@ -26,6 +35,8 @@ pub struct KafkaSink {
     secret: Secret,
     markers: MarkerPrefix,
     timeout: Duration,
+    /// The highest batch sequence number sent, carried by a flush (see the router sink).
+    last_seq: AtomicU64,
 }
 
 impl KafkaSink {
@@ -70,6 +81,7 @@ impl KafkaSink {
             secret,
             markers,
             timeout,
+            last_seq: AtomicU64::new(0),
         })
     }
 }
@@ -91,6 +103,7 @@ impl Sink for KafkaSink {
     }
 
     fn send(&self, batch: Arc<Batch>) -> SinkFuture {
+        self.last_seq.fetch_max(batch.seq, Ordering::Relaxed);
         // Split the batch by partition, keeping each key's order.
         let mut parts: BTreeMap<u32, Batch> = BTreeMap::new();
         for key in batch.keys() {
@@ -101,12 +114,33 @@ impl Sink for KafkaSink {
         }
         let frames: Result<Vec<(u32, Vec<u8>)>, SinkError> = parts
             .into_iter()
-            .map(|(p, b)| Ok((p, encode(&b, &self.source, &self.markers, &self.secret)?)))
+            .map(|(p, b)| {
+                let frame = encode(
+                    &wire(&b, &self.source, &self.markers),
+                    &self.secret,
+                    KAFKA_CONTEXT,
+                )?;
+                Ok((p, frame))
+            })
             .collect();
+        self.produce(frames, batch.seq)
+    }
+
+    fn flush_all(&self) -> SinkFuture {
+        let seq = self.last_seq.load(Ordering::Relaxed);
+        let flush = encode(&wire_flush(&self.source, seq), &self.secret, KAFKA_CONTEXT);
+        let frames = flush.map(|f| (0..self.partitions).map(|p| (p, f.clone())).collect());
+        self.produce(frames, seq)
+    }
+}
+
+impl KafkaSink {
+    /// Produces each frame to its partition; resolves when the broker acked all of them.
+    fn produce(&self, frames: Result<Vec<(u32, Vec<u8>)>, SinkError>, seq: u64) -> SinkFuture {
         let producer = self.producer.clone();
         let topic = self.topic.clone();
         let timeout = self.timeout;
-        let seq = batch.seq.to_be_bytes();
+        let seq = seq.to_be_bytes();
         Box::pin(async move {
             let frames = frames?;
             let sends = frames.iter().map(|(partition, frame)| {
@@ -122,15 +156,6 @@ impl Sink for KafkaSink {
                 result.map_err(|(e, _)| SinkError(format!("Kafka produce: {e}")))?;
             }
             Ok(())
-        })
-    }
-
-    fn flush_all(&self) -> SinkFuture {
-        Box::pin(async {
-            Err(SinkError(
-                "the Kafka sink cannot flush pools: flush them through the router's data port"
-                    .into(),
-            ))
         })
     }
 }

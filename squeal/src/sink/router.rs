@@ -2,18 +2,24 @@
 //! (see `marker::batch`), and a batch counts as delivered only when a router acknowledges
 //! that every delete in it was applied or durably spooled.
 //!
-//! Each router endpoint has one connection, owned by a task that writes frames as they come
-//! and matches acks in order (the router applies and acks a connection's frames in order), so
-//! several batches are in flight at once. Batches are spread round-robin over the routers
+//! Each router endpoint has one connection, owned by a task that first runs the protocol's
+//! challenge-response handshake (proving squeal holds the secret, and the router too), then
+//! writes frames as they come, MAC'd under that connection's session, and matches acks in
+//! order (the router applies and acks a connection's frames in order), so several batches
+//! are in flight at once. Batches are spread round-robin over the routers
 //! that are not backing off; a failure or a timeout fails the send (the dispatcher retries
 //! it, which lands on the next router) and puts that router in backoff.
+//!
+//! [`RouterSink::flush_all`](Sink::flush_all) sends a flush frame to one router (any router
+//! flushes every cluster and marker pool of the region), acked once every server was
+//! flushed or the flush spooled for it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use marker::batch::{Ack, AckStatus, Batch as WireBatch, EntryKind, Secret};
+use marker::batch::{self, Ack, AckStatus, Batch as WireBatch, BatchKind, EntryKind, Secret};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -34,37 +40,52 @@ impl MarkerPrefix {
     }
 }
 
-/// Encodes squeal's batch as one wire frame.
-pub fn encode(
-    batch: &Batch,
-    source: &str,
-    markers: &MarkerPrefix,
-    secret: &Secret,
-) -> Result<Vec<u8>, SinkError> {
-    let wire = WireBatch {
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64
+}
+
+/// squeal's batch as the wire format's batch.
+pub fn wire(batch: &Batch, source: &str, markers: &MarkerPrefix) -> WireBatch {
+    WireBatch {
         source: source.to_string(),
         seq: batch.seq,
         commit_time_us: if batch.commit_time_us > 0 {
             batch.commit_time_us
         } else {
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_micros() as u64
+            now_us()
         },
+        kind: BatchKind::Deletes,
         entries: batch
             .keys()
             .map(|k| (markers.kind(k), k.to_vec()))
             .collect(),
-    };
-    let mut out = Vec::with_capacity(WireBatch::overhead(source) + batch.bytes());
-    wire.encode(secret, &mut out)
-        .map_err(|e| SinkError(format!("encoding batch {}: {e}", batch.seq)))?;
+    }
+}
+
+/// A flush request following batch `seq`. Its time is the moment of the request, which also
+/// tells two flushes with no batch between them apart.
+pub fn wire_flush(source: &str, seq: u64) -> WireBatch {
+    WireBatch::flush_all(source, seq, now_us())
+}
+
+/// Encodes a wire batch as one frame, MAC'd under `context` (a TCP session's, or
+/// `marker::batch::KAFKA_CONTEXT`).
+pub fn encode(wire: &WireBatch, secret: &Secret, context: &[u8]) -> Result<Vec<u8>, SinkError> {
+    let bytes: usize = wire.entries.iter().map(|(_, k)| k.len() + 2).sum();
+    let mut out = Vec::with_capacity(WireBatch::overhead(&wire.source) + bytes);
+    wire.encode(secret, context, &mut out)
+        .map_err(|e| SinkError(format!("encoding batch {}: {e}", wire.seq)))?;
     Ok(out)
 }
 
 struct Request {
-    frame: Vec<u8>,
+    /// Encoded by the connection task, under its session's context.
+    wire: Arc<WireBatch>,
+    /// Written on the current connection.
+    sent: bool,
     seq: u64,
     done: oneshot::Sender<Result<(), SinkError>>,
     /// After this, a router that has not acked is considered hung: the connection is
@@ -85,11 +106,13 @@ struct Endpoint {
 pub struct RouterSink {
     name: String,
     source: String,
-    secret: Secret,
     markers: MarkerPrefix,
     timeout: Duration,
     endpoints: Vec<Arc<Endpoint>>,
     next: AtomicUsize,
+    /// The highest batch sequence number handed to `send`: a flush carries it, placing the
+    /// flush after that batch in the source's sequence.
+    last_seq: AtomicU64,
 }
 
 impl RouterSink {
@@ -105,7 +128,7 @@ impl RouterSink {
             .into_iter()
             .map(|addr| {
                 let (tx, rx) = mpsc::channel(window.max(1));
-                tokio::spawn(connection_task(addr.clone(), secret.clone(), rx));
+                tokio::spawn(connection_task(addr.clone(), secret.clone(), timeout, rx));
                 Arc::new(Endpoint {
                     addr,
                     tx,
@@ -117,12 +140,51 @@ impl RouterSink {
         RouterSink {
             name: "router".into(),
             source,
-            secret,
             markers,
             timeout,
             endpoints,
             next: AtomicUsize::new(0),
+            last_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Sends `wire` to the next healthy router and resolves on its ack.
+    fn submit(&self, wire: Result<WireBatch, SinkError>, what: &'static str) -> SinkFuture {
+        let endpoint = self.pick();
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let wire = wire?;
+            let seq = wire.seq;
+            let (done, wait) = oneshot::channel();
+            let request = Request {
+                wire: Arc::new(wire),
+                sent: false,
+                seq,
+                done,
+                deadline: Instant::now() + timeout * 2,
+            };
+            let outcome = async {
+                endpoint
+                    .tx
+                    .send(request)
+                    .await
+                    .map_err(|_| SinkError("router connection task ended".into()))?;
+                wait.await
+                    .map_err(|_| SinkError("router connection reset".into()))?
+            };
+            let result = match tokio::time::timeout(timeout, outcome).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError(format!(
+                    "router {} did not ack {what} {seq} within {timeout:?}",
+                    endpoint.addr
+                ))),
+            };
+            match &result {
+                Ok(()) => endpoint.succeeded(),
+                Err(_) => endpoint.failed(),
+            }
+            result.map_err(|e| SinkError(format!("{}: {}", endpoint.addr, e.0)))
+        })
     }
 
     /// The next router not in backoff, round-robin; if all are backing off, the one whose
@@ -169,58 +231,87 @@ impl Sink for RouterSink {
     }
 
     fn send(&self, batch: Arc<Batch>) -> SinkFuture {
-        let frame = encode(&batch, &self.source, &self.markers, &self.secret);
-        let endpoint = self.pick();
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let frame = frame?;
-            let (done, wait) = oneshot::channel();
-            let request = Request {
-                frame,
-                seq: batch.seq,
-                done,
-                deadline: Instant::now() + timeout * 2,
-            };
-            let outcome = async {
-                endpoint
-                    .tx
-                    .send(request)
-                    .await
-                    .map_err(|_| SinkError("router connection task ended".into()))?;
-                wait.await
-                    .map_err(|_| SinkError("router connection reset".into()))?
-            };
-            let result = match tokio::time::timeout(timeout, outcome).await {
-                Ok(r) => r,
-                Err(_) => Err(SinkError(format!(
-                    "router {} did not ack batch {} within {timeout:?}",
-                    endpoint.addr, batch.seq
-                ))),
-            };
-            match &result {
-                Ok(()) => endpoint.succeeded(),
-                Err(_) => endpoint.failed(),
-            }
-            result.map_err(|e| SinkError(format!("{}: {}", endpoint.addr, e.0)))
-        })
+        self.last_seq.fetch_max(batch.seq, Ordering::Relaxed);
+        self.submit(Ok(wire(&batch, &self.source, &self.markers)), "batch")
     }
 
+    /// Asks one router to flush every cluster and marker pool of the region; resolves once
+    /// it acked (every server flushed, or the flush spooled for a server that is down).
     fn flush_all(&self) -> SinkFuture {
-        Box::pin(async {
-            Err(SinkError(
-                "the router sink cannot flush pools: flush them through the router's data port"
-                    .into(),
-            ))
-        })
+        let seq = self.last_seq.load(Ordering::Relaxed);
+        self.submit(Ok(wire_flush(&self.source, seq)), "flush after batch")
+    }
+}
+
+/// Reads one handshake message of the router's (`expected`, or a refusal instead).
+async fn read_message(stream: &mut TcpStream, expected: &[u8; 4]) -> Result<Vec<u8>, String> {
+    let mut msg = vec![0u8; 4];
+    stream
+        .read_exact(&mut msg)
+        .await
+        .map_err(|e| format!("reading the router's handshake: {e}"))?;
+    let len = batch::router_message_len(msg[..4].try_into().unwrap(), expected)
+        .map_err(|e| e.to_string())?;
+    msg.resize(len, 0);
+    stream
+        .read_exact(&mut msg[4..])
+        .await
+        .map_err(|e| format!("reading the router's handshake: {e}"))?;
+    Ok(msg)
+}
+
+/// Connects to `addr` and runs squeal's half of the handshake; the stream and its session
+/// context, or an error that says what to fix.
+async fn connect(
+    addr: &str,
+    secret: &Secret,
+    timeout: Duration,
+) -> Result<(TcpStream, [u8; 2 * batch::NONCE_LEN]), String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let exchange = async {
+        let hello = read_message(&mut stream, batch::HELLO_MAGIC).await?;
+        let session = batch::Session {
+            router_nonce: batch::decode_hello(&hello).map_err(|e| e.to_string())?,
+            client_nonce: batch::random_nonce(),
+        };
+        stream
+            .write_all(&batch::encode_auth(secret, &session))
+            .await
+            .map_err(|e| e.to_string())?;
+        let welcome = read_message(&mut stream, batch::WELCOME_MAGIC).await?;
+        batch::verify_welcome(&welcome, secret, &session).map_err(|e| match e {
+            marker::batch::WireError::BadMac => {
+                "the router's welcome does not verify: its secret differs from squeal's".to_string()
+            }
+            e => e.to_string(),
+        })?;
+        Ok::<_, String>(session.context())
+    };
+    match tokio::time::timeout(timeout, exchange).await {
+        Ok(Ok(context)) => Ok((stream, context)),
+        Ok(Err(e)) => Err(format!("handshake: {e}")),
+        Err(_) => Err(format!(
+            "handshake: no hello within {timeout:?}; is it an older squeal-router that \
+             speaks wire protocol version 1? upgrade it"
+        )),
     }
 }
 
 /// Owns one router connection: writes frames in arrival order and resolves each request
 /// when its ack (in the same order) arrives. Any error or mismatch fails every request in
 /// flight and drops the connection; the next request reconnects.
-async fn connection_task(addr: String, secret: Secret, mut rx: mpsc::Receiver<Request>) {
+async fn connection_task(
+    addr: String,
+    secret: Secret,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<Request>,
+) {
     let mut pending: VecDeque<Request> = VecDeque::new();
     let mut conn: Option<TcpStream> = None;
+    let mut context = [0u8; 2 * batch::NONCE_LEN];
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
     loop {
@@ -237,34 +328,42 @@ async fn connection_task(addr: String, secret: Secret, mut rx: mpsc::Receiver<Re
             pending.push_back(request);
         }
         if conn.is_none() {
-            match TcpStream::connect(&addr).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
+            match connect(&addr, &secret, timeout).await {
+                Ok((s, ctx)) => {
                     conn = Some(s);
+                    context = ctx;
                     buf.clear();
+                    for r in pending.iter_mut() {
+                        r.sent = false;
+                    }
                 }
                 Err(e) => {
-                    fail_all(&mut pending, &format!("connect: {e}"));
+                    tracing::warn!(router = %addr, error = %e, "cannot open a router connection");
+                    fail_all(&mut pending, &e);
                     continue;
                 }
             }
         }
-        // Write every queued frame not yet written.
+        // Write every queued frame not yet written, MAC'd under this connection's session.
         let stream = conn.as_mut().expect("connected");
-        let unsent: Vec<usize> = (0..pending.len())
-            .filter(|&i| !pending[i].frame.is_empty())
-            .collect();
         let mut write_failed = None;
-        for i in unsent {
-            let frame = std::mem::take(&mut pending[i].frame);
+        for r in pending.iter_mut().filter(|r| !r.sent) {
+            r.sent = true;
+            let frame = match encode(&r.wire, &secret, &context) {
+                Ok(f) => f,
+                Err(e) => {
+                    write_failed = Some(e.0);
+                    break;
+                }
+            };
             if let Err(e) = stream.write_all(&frame).await {
-                write_failed = Some(e);
+                write_failed = Some(format!("write: {e}"));
                 break;
             }
         }
         if let Some(e) = write_failed {
             conn = None;
-            fail_all(&mut pending, &format!("write: {e}"));
+            fail_all(&mut pending, &e);
             continue;
         }
         let hung_at = pending.front().map(|r| r.deadline).expect("non-empty");
@@ -288,7 +387,7 @@ async fn connection_task(addr: String, secret: Secret, mut rx: mpsc::Receiver<Re
                 Ok(n) => {
                     buf.extend_from_slice(&chunk[..n]);
                     loop {
-                        match Ack::decode(&buf, &secret) {
+                        match Ack::decode(&buf, &secret, &context) {
                             Ok(Some((ack, used))) => {
                                 buf.drain(..used);
                                 let Some(front) = pending.pop_front() else {
@@ -323,5 +422,45 @@ async fn connection_task(addr: String, secret: Secret, mut rx: mpsc::Receiver<Re
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A version-1 router accepts and waits for a frame without a word: squeal must fail
+    /// within its timeout, saying what is likely wrong, rather than wait for ever.
+    #[tokio::test]
+    async fn a_router_that_sends_no_hello_gets_a_clear_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(s);
+        });
+        let started = Instant::now();
+        let err = connect(&addr, &Secret::new(b"k"), Duration::from_millis(300))
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(err.contains("wire protocol version 1"), "{err}");
+        held.abort();
+    }
+
+    #[test]
+    fn a_flush_follows_the_last_batch_and_carries_no_keys() {
+        let flush = wire_flush("db1", 41);
+        assert_eq!(
+            (flush.seq, flush.kind, flush.entries.len()),
+            (41, BatchKind::FlushAll, 0)
+        );
+        let a = encode(&flush, &Secret::new(b"k"), batch::KAFKA_CONTEXT).unwrap();
+        let (decoded, _) = WireBatch::decode(&a, &Secret::new(b"k"), batch::KAFKA_CONTEXT)
+            .unwrap()
+            .unwrap();
+        assert_eq!(decoded, flush);
     }
 }
