@@ -60,6 +60,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let plan = Arc::new(Plan::new(config));
     let cfg = &plan.config;
     let shared = Arc::new(router::stats::Shared::new(plan.clone()));
+    // The invalidation side binds its port and opens its spool first: once the client
+    // port accepts connections, the whole router is up (tests and health checks wait for
+    // the client port only).
+    let _invalidation = router::invalidation::spawn(Arc::new(cfg.clone()))?;
     // Bind everything before starting, so a busy port is an immediate, clear error.
     let mut per_worker = Vec::new();
     for _ in 0..cfg.workers {
@@ -72,8 +76,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         per_worker.push(ls);
     }
-    // The invalidation side binds its port and opens its spool before clients are served.
-    let _invalidation = router::invalidation::spawn(Arc::new(cfg.clone()))?;
     match cfg.admin {
         Some(admin) => router::metrics::start(admin, shared.clone())?,
         // Unconfigured: the default loopback port, if it is free (several routers on one
