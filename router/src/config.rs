@@ -10,6 +10,7 @@
 //! [pools.main]
 //! distribution = "ketama"           # ketama | modula | random
 //! hash = "md5"                      # twemproxy's hash names
+//! hash_tag = "{}"                   # optional: hash only the part between the two
 //! connections = 1                   # per server, per worker
 //! servers = ["127.0.0.1:11211:1", "127.0.0.1:11212:1 cache-b"]  # host:port[:weight] [name]
 //!
@@ -101,6 +102,7 @@ struct RawPool {
     servers: Spanned<Vec<Spanned<String>>>,
     distribution: Option<Spanned<String>>,
     hash: Option<Spanned<String>>,
+    hash_tag: Option<Spanned<String>>,
     connections: Option<Spanned<i64>>,
 }
 
@@ -154,6 +156,9 @@ pub struct Pool {
     pub name: String,
     pub distribution: String,
     pub hash: HashFn,
+    /// twemproxy's `hash_tag`: with `{}`, only the part of a key between the first `{`
+    /// and the next `}` is hashed, so `user:{42}:name` and `user:{42}:mail` share a server.
+    pub hash_tag: Option<[u8; 2]>,
     pub connections: usize,
     pub servers: Vec<Server>,
 }
@@ -450,6 +455,21 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
             )
         })?,
     };
+    let hash_tag = match &p.hash_tag {
+        None => None,
+        Some(t) => match t.get_ref().as_bytes() {
+            [a, b] => Some([*a, *b]),
+            _ => {
+                return Err(cx.err(
+                    t.span(),
+                    format!(
+                        "hash_tag {:?} must be two characters, e.g. \"{{}}\" (twemproxy's rule)",
+                        t.get_ref()
+                    ),
+                ))
+            }
+        },
+    };
     let connections = cx.int(&p.connections, "connections", 1, 1, 64)? as usize;
     if p.servers.get_ref().is_empty() {
         return Err(cx.err(p.servers.span(), format!("pool {name:?} has no servers")));
@@ -466,6 +486,7 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
         name: name.clone(),
         distribution,
         hash,
+        hash_tag,
         connections,
         servers,
     })

@@ -51,7 +51,7 @@ impl Plan {
                     .iter()
                     .map(|s| (s.ketama_name.clone(), s.weight))
                     .collect();
-                Arc::new(Placement::new(p.hash, &p.distribution, &names))
+                Arc::new(Placement::new(p.hash, &p.distribution, &names).with_hash_tag(p.hash_tag))
             })
             .collect();
         let old = |pool: &str, addr: &str| {

@@ -23,6 +23,8 @@ pub struct TwemproxyPool {
     pub distribution: String,
     /// `md5`, `fnv1a_64`, `one_at_a_time`, ... (twemproxy's names).
     pub hash: String,
+    /// twemproxy's `hash_tag` (two characters, e.g. `{}`), if any.
+    pub hash_tag: Option<String>,
 }
 
 impl TwemproxyPool {
@@ -32,6 +34,7 @@ impl TwemproxyPool {
             servers: servers.iter().map(|s| (s.clone(), 1)).collect(),
             distribution: "ketama".into(),
             hash: "md5".into(),
+            hash_tag: None,
         }
     }
 }
@@ -47,6 +50,9 @@ impl Twemproxy {
         writeln!(conf, "  listen: 127.0.0.1:{port}")?;
         writeln!(conf, "  hash: {}", pool.hash)?;
         writeln!(conf, "  distribution: {}", pool.distribution)?;
+        if let Some(tag) = &pool.hash_tag {
+            writeln!(conf, "  hash_tag: \"{tag}\"")?;
+        }
         writeln!(conf, "  timeout: 1000")?;
         writeln!(conf, "  backlog: 1024")?;
         writeln!(conf, "  preconnect: true")?;

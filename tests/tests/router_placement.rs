@@ -8,16 +8,29 @@ use harness::{McClient, Memcached};
 
 fn keys() -> Vec<String> {
     (0..400)
-        .map(|i| match i % 4 {
+        .map(|i| match i % 6 {
             0 => format!("user:{i}"),
             1 => format!("k{i}"),
             2 => format!("session/{:x}/{i}", i * 7919),
-            _ => format!("{i}:é~{}", "x".repeat(i % 50)),
+            // hash_tag shapes: a tag, an empty tag, an unclosed one.
+            3 => format!("user:{{{}}}:name:{i}", i % 17),
+            4 => format!("t{{}}{i}"),
+            _ => format!("{i}:é~{{{}", "x".repeat(i % 50)),
         })
         .collect()
 }
 
 fn check(servers: &[Memcached], weights: &[u32], distribution: &str, hash: &str) {
+    check_tagged(servers, weights, distribution, hash, None)
+}
+
+fn check_tagged(
+    servers: &[Memcached],
+    weights: &[u32],
+    distribution: &str,
+    hash: &str,
+    hash_tag: Option<&str>,
+) {
     for m in servers {
         let mut c = McClient::connect(&m.addr()).unwrap();
         c.send(b"flush_all\r\n").unwrap();
@@ -31,6 +44,7 @@ fn check(servers: &[Memcached], weights: &[u32], distribution: &str, hash: &str)
             .collect(),
         distribution: distribution.into(),
         hash: hash.into(),
+        hash_tag: hash_tag.map(String::from),
     };
     let proxy = Twemproxy::start(&pool).unwrap();
     let spec: Vec<String> = pool
@@ -40,7 +54,10 @@ fn check(servers: &[Memcached], weights: &[u32], distribution: &str, hash: &str)
         .collect();
     let router = Router::start(
         &spec,
-        &format!("distribution = \"{distribution}\"\nhash = \"{hash}\""),
+        &format!(
+            "distribution = \"{distribution}\"\nhash = \"{hash}\"{}",
+            hash_tag.map_or(String::new(), |t| format!("\nhash_tag = \"{t}\""))
+        ),
         "",
     )
     .unwrap();
@@ -144,4 +161,11 @@ fn modula_places_keys_by_hash_mod_n() {
         per_server[expected] += 1;
     }
     assert!(per_server.iter().all(|&n| n > 50), "{per_server:?}");
+}
+
+#[test]
+fn hash_tag_places_keys_as_twemproxy_does() {
+    let servers: Vec<Memcached> = (0..3).map(|_| Memcached::start().unwrap()).collect();
+    check_tagged(&servers, &[1, 1, 1], "ketama", "md5", Some("{}"));
+    check_tagged(&servers, &[1, 2, 1], "ketama", "fnv1a_64", Some("{}"));
 }

@@ -171,7 +171,8 @@ pub fn pool_placements(
             .map(|s| (s.ketama_name.clone(), s.weight))
             .collect();
         Some(Arc::new(PoolPlacement {
-            placement: crate::route::pool::Placement::new(pool.hash, &pool.distribution, &names),
+            placement: crate::route::pool::Placement::new(pool.hash, &pool.distribution, &names)
+                .with_hash_tag(pool.hash_tag),
             servers: pool.servers.iter().map(|s| s.addr.to_string()).collect(),
             replicated: pool.distribution == "random",
         }) as Arc<dyn Placement>)

@@ -28,6 +28,8 @@ pub enum Distribution {
 pub struct Placement {
     pub hash: HashFn,
     pub dist: Distribution,
+    /// twemproxy's `hash_tag` (see [`crate::config::Pool::hash_tag`]).
+    pub hash_tag: Option<[u8; 2]>,
 }
 
 impl Placement {
@@ -44,11 +46,37 @@ impl Placement {
             "random" => Distribution::Random(weighted()),
             _ => Distribution::Ketama(Continuum::new(servers)),
         };
-        Placement { hash, dist }
+        Placement {
+            hash,
+            dist,
+            hash_tag: None,
+        }
+    }
+
+    /// The same placement, hashing only the tagged part of keys (twemproxy's `hash_tag`).
+    pub fn with_hash_tag(mut self, tag: Option<[u8; 2]>) -> Placement {
+        self.hash_tag = tag;
+        self
+    }
+
+    /// What is hashed of `key`: as twemproxy, the bytes between the first `tag[0]` and the
+    /// next `tag[1]` after it, if there are any; else the whole key.
+    pub fn hashed_part<'k>(&self, key: &'k [u8]) -> &'k [u8] {
+        let Some([open, close]) = self.hash_tag else {
+            return key;
+        };
+        let Some(start) = memchr::memchr(open, key) else {
+            return key;
+        };
+        match memchr::memchr(close, &key[start + 1..]) {
+            Some(len) if len > 0 => &key[start + 1..start + 1 + len],
+            _ => key,
+        }
     }
 
     /// Index of the server that holds `key`.
     pub fn server_for(&self, key: &[u8]) -> usize {
+        let key = self.hashed_part(key);
         match &self.dist {
             Distribution::Ketama(c) => c.lookup(self.hash.hash(key)),
             Distribution::Modula(list) => {
@@ -193,5 +221,32 @@ impl Route for PoolRoute {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_tag_hashes_the_tagged_part_as_twemproxy_does() {
+        let p = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1), ("b".into(), 1)])
+            .with_hash_tag(Some(*b"{}"));
+        assert_eq!(p.hashed_part(b"user:{42}:name"), b"42");
+        assert_eq!(p.hashed_part(b"{42}"), b"42");
+        assert_eq!(
+            p.hashed_part(b"a{}b"),
+            b"a{}b",
+            "an empty tag hashes the whole key"
+        );
+        assert_eq!(p.hashed_part(b"a{b"), b"a{b", "no closing character");
+        assert_eq!(
+            p.hashed_part(b"a}b{c}"),
+            b"c",
+            "the close must follow the open"
+        );
+        assert_eq!(p.server_for(b"x:{7}:1"), p.server_for(b"y:{7}:2"));
+        let untagged = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1)]);
+        assert_eq!(untagged.hashed_part(b"user:{42}"), b"user:{42}");
     }
 }
