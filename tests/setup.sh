@@ -14,6 +14,8 @@ command -v mariadbd >/dev/null 2>&1 || need_apt+=(mariadb-server)
 command -v memcached >/dev/null 2>&1 || need_apt+=(memcached)
 command -v nutcracker >/dev/null 2>&1 || need_apt+=(nutcracker)
 command -v memcaslap >/dev/null 2>&1 || need_apt+=(libmemcached-tools)
+# pylibmc (libmemcached 1.0) for the client-placement tests; Debian's python3.
+dpkg -s python3-pylibmc >/dev/null 2>&1 || need_apt+=(python3-pylibmc)
 # rdkafka's bundled librdkafka builds with cmake-free mklove but needs these headers/tools.
 dpkg -s libsasl2-dev >/dev/null 2>&1 || need_apt+=(libsasl2-dev)
 dpkg -s libssl-dev >/dev/null 2>&1 || need_apt+=(libssl-dev)

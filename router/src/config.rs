@@ -429,14 +429,17 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
     let p = pool.get_ref();
     let distribution = match &p.distribution {
         None => "ketama".to_string(),
-        Some(d) if ["ketama", "modula", "random"].contains(&d.get_ref().as_str()) => {
+        Some(d)
+            if ["ketama", "libmemcached_ketama", "modula", "random"]
+                .contains(&d.get_ref().as_str()) =>
+        {
             d.get_ref().clone()
         }
         Some(d) => {
             return Err(cx.err(
                 d.span(),
                 format!(
-                    "unknown distribution {:?} (ketama, modula or random)",
+                    "unknown distribution {:?} (ketama, libmemcached_ketama, modula or random)",
                     d.get_ref()
                 ),
             ))

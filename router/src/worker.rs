@@ -45,14 +45,7 @@ impl Plan {
         let placements = config
             .pools
             .iter()
-            .map(|p| {
-                let names: Vec<(String, u32)> = p
-                    .servers
-                    .iter()
-                    .map(|s| (s.ketama_name.clone(), s.weight))
-                    .collect();
-                Arc::new(Placement::new(p.hash, &p.distribution, &names).with_hash_tag(p.hash_tag))
-            })
+            .map(|p| Arc::new(Placement::of_pool(p)))
             .collect();
         let old = |pool: &str, addr: &str| {
             previous.and_then(|prev| {

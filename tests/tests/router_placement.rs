@@ -169,3 +169,96 @@ fn hash_tag_places_keys_as_twemproxy_does() {
     check_tagged(&servers, &[1, 1, 1], "ketama", "md5", Some("{}"));
     check_tagged(&servers, &[1, 2, 1], "ketama", "fnv1a_64", Some("{}"));
 }
+
+/// Writes `keys` through pylibmc (libmemcached 1.0, Debian's python3-pylibmc) with the given
+/// behaviors, then reads them back through a router with `router_pool` settings from the
+/// same servers: how many land elsewhere.
+fn misplaced_vs_pylibmc(behaviors: &str, router_pool: &str) -> (usize, usize) {
+    let servers: Vec<Memcached> = (0..3).map(|_| Memcached::start().unwrap()).collect();
+    let addrs: Vec<String> = servers.iter().map(|m| m.addr()).collect();
+    let keys: Vec<String> = (0..2000).map(|i| format!("plm:{i}:{}", i * 31)).collect();
+    let script = format!(
+        "import pylibmc, sys\n\
+         c = pylibmc.Client({addrs:?}, behaviors={behaviors})\n\
+         for k in sys.stdin.read().split():\n    c.set(k, k)\n"
+    );
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 with python3-pylibmc (tests/setup.sh installs it)");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(keys.join("\n").as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "pylibmc writer failed");
+    // pylibmc really spread them.
+    let mut direct: Vec<McClient> = addrs
+        .iter()
+        .map(|a| McClient::connect(a).unwrap())
+        .collect();
+    let mut used = vec![0; 3];
+    for k in &keys {
+        for (i, d) in direct.iter_mut().enumerate() {
+            if d.get(k).unwrap().is_some() {
+                used[i] += 1;
+            }
+        }
+    }
+    assert_eq!(used.iter().sum::<usize>(), keys.len(), "{used:?}");
+    assert!(used.iter().all(|&n| n > 0), "{used:?}");
+    let router = Router::start(&addrs, router_pool, "").unwrap();
+    let mut via = McClient::connect(&router.addr()).unwrap();
+    let missed = keys
+        .iter()
+        .filter(|k| via.get(k).unwrap().as_deref() != Some(k.as_bytes()))
+        .count();
+    (missed, keys.len())
+}
+
+#[test]
+fn pylibmc_ketama_and_modula_placement_is_reproduced() {
+    // pylibmc's common `behaviors={"ketama": True}`: libmemcached's non-weighted ketama.
+    let (missed, n) = misplaced_vs_pylibmc(
+        r#"{"ketama": True}"#,
+        "distribution = \"libmemcached_ketama\"\nhash = \"one_at_a_time\"",
+    );
+    assert_eq!(
+        missed, 0,
+        "ketama=True: {missed} of {n} keys placed differently"
+    );
+    let (missed, n) = misplaced_vs_pylibmc(
+        r#"{"ketama": True, "hash": "md5"}"#,
+        "distribution = \"libmemcached_ketama\"\nhash = \"md5\"",
+    );
+    assert_eq!(
+        missed, 0,
+        "ketama=True, hash=md5: {missed} of {n} keys placed differently"
+    );
+    // pylibmc `ketama_weighted`: twemproxy's continuum (md5 points), pylibmc's key hash.
+    let (missed, n) = misplaced_vs_pylibmc(
+        r#"{"ketama_weighted": True, "hash": "md5"}"#,
+        "distribution = \"ketama\"\nhash = \"md5\"",
+    );
+    assert_eq!(
+        missed, 0,
+        "ketama_weighted, hash=md5: {missed} of {n} keys placed differently"
+    );
+    // The same client setting read with twemproxy's (weighted) ketama misses most keys:
+    // the two modes really differ, so the check above can fail.
+    let (missed, _) = misplaced_vs_pylibmc(r#"{"ketama": True}"#, "distribution = \"ketama\"");
+    assert!(
+        missed > 100,
+        "weighted ketama placed ketama=True keys alike ({missed})"
+    );
+    // pylibmc's default: modula over libmemcached's default hash (one-at-a-time).
+    let (missed, n) =
+        misplaced_vs_pylibmc("{}", "distribution = \"modula\"\nhash = \"one_at_a_time\"");
+    assert_eq!(
+        missed, 0,
+        "default behaviors: {missed} of {n} keys placed differently"
+    );
+}

@@ -165,14 +165,8 @@ pub fn pool_placements(
 ) -> impl Fn(&str) -> Option<Arc<dyn Placement>> + '_ {
     move |name| {
         let pool = config.pools.iter().find(|p| p.name == name)?;
-        let names: Vec<(String, u32)> = pool
-            .servers
-            .iter()
-            .map(|s| (s.ketama_name.clone(), s.weight))
-            .collect();
         Some(Arc::new(PoolPlacement {
-            placement: crate::route::pool::Placement::new(pool.hash, &pool.distribution, &names)
-                .with_hash_tag(pool.hash_tag),
+            placement: crate::route::pool::Placement::of_pool(pool),
             servers: pool.servers.iter().map(|s| s.addr.to_string()).collect(),
             replicated: pool.distribution == "random",
         }) as Arc<dyn Placement>)

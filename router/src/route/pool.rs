@@ -44,6 +44,10 @@ impl Placement {
         let dist = match kind {
             "modula" => Distribution::Modula(weighted()),
             "random" => Distribution::Random(weighted()),
+            "libmemcached_ketama" => Distribution::Ketama(Continuum::libmemcached(
+                &servers.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
+                hash,
+            )),
             _ => Distribution::Ketama(Continuum::new(servers)),
         };
         Placement {
@@ -51,6 +55,25 @@ impl Placement {
             dist,
             hash_tag: None,
         }
+    }
+
+    /// The placement a configured pool describes (client traffic and the invalidation
+    /// fan-out must agree on it). libmemcached's non-weighted ketama names points by
+    /// `host:port` as written; twemproxy's ketama by its own rule (`ketama_name`).
+    pub fn of_pool(p: &crate::config::Pool) -> Placement {
+        let names: Vec<(String, u32)> = p
+            .servers
+            .iter()
+            .map(|s| {
+                let name = if p.distribution == "libmemcached_ketama" {
+                    s.label.clone()
+                } else {
+                    s.ketama_name.clone()
+                };
+                (name, s.weight)
+            })
+            .collect();
+        Placement::new(p.hash, &p.distribution, &names).with_hash_tag(p.hash_tag)
     }
 
     /// The same placement, hashing only the tagged part of keys (twemproxy's `hash_tag`).

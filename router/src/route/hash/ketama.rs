@@ -44,6 +44,23 @@ impl Continuum {
         Continuum { points }
     }
 
+    /// libmemcached's non-weighted ketama (`MEMCACHED_BEHAVIOR_KETAMA`, pylibmc's
+    /// `behaviors={"ketama": True}`): 100 points per server whatever its weight, point `i`
+    /// is the pool's own key hash of `"<host>-<i>"` (port 11211) or `"<host>:<port>-<i>"`
+    /// (libmemcached's `update_continuum`).
+    pub fn libmemcached(servers: &[String], hash: super::HashFn) -> Continuum {
+        const POINTS: u32 = 100;
+        let mut points = Vec::with_capacity(servers.len() * POINTS as usize);
+        for (index, host_port) in servers.iter().enumerate() {
+            let name = host_port.strip_suffix(":11211").unwrap_or(host_port);
+            for i in 0..POINTS {
+                points.push((hash.hash(format!("{name}-{i}").as_bytes()), index as u32));
+            }
+        }
+        points.sort_by_key(|p| p.0);
+        Continuum { points }
+    }
+
     /// Server index for a key hash.
     pub fn lookup(&self, hash: u32) -> usize {
         if self.points.is_empty() {
