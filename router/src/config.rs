@@ -430,20 +430,18 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
     let distribution = match &p.distribution {
         None => "ketama".to_string(),
         Some(d)
-            if ["ketama", "libmemcached_ketama", "modula", "random"]
+            if ["ketama", "libmemcached_ketama", "modula", "random", "ch3"]
                 .contains(&d.get_ref().as_str()) =>
         {
             d.get_ref().clone()
         }
-        Some(d) => {
-            return Err(cx.err(
-                d.span(),
-                format!(
-                    "unknown distribution {:?} (ketama, libmemcached_ketama, modula or random)",
-                    d.get_ref()
-                ),
-            ))
-        }
+        Some(d) => return Err(cx.err(
+            d.span(),
+            format!(
+                "unknown distribution {:?} (ketama, libmemcached_ketama, modula, ch3 or random)",
+                d.get_ref()
+            ),
+        )),
     };
     let hash = match &p.hash {
         None => HashFn::Md5,

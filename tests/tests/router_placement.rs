@@ -262,3 +262,60 @@ fn pylibmc_ketama_and_modula_placement_is_reproduced() {
         "default behaviors: {missed} of {n} keys placed differently"
     );
 }
+
+/// mcrouter's Ch3 through the router: every key on one server, and growing the pool from 3
+/// to 4 servers moves a key only onto the new server (furc_hash's promise, end to end).
+#[test]
+fn ch3_spreads_keys_and_growing_the_pool_moves_them_only_to_the_new_server() {
+    let servers: Vec<Memcached> = (0..4).map(|_| Memcached::start().unwrap()).collect();
+    let addrs: Vec<String> = servers.iter().map(|m| m.addr()).collect();
+    let keys: Vec<String> = (0..600).map(|i| format!("ch3:{i}")).collect();
+    let where_is = |k: &str| -> Vec<usize> {
+        (0..servers.len())
+            .filter(|&i| {
+                McClient::connect(&addrs[i])
+                    .unwrap()
+                    .get(k)
+                    .unwrap()
+                    .is_some()
+            })
+            .collect()
+    };
+    let small = Router::start(&addrs[..3], "distribution = \"ch3\"", "").unwrap();
+    let mut c = McClient::connect(&small.addr()).unwrap();
+    for k in &keys {
+        c.set(k, k.as_bytes()).unwrap();
+    }
+    let before: Vec<usize> = keys
+        .iter()
+        .map(|k| {
+            let at = where_is(k);
+            assert_eq!(at.len(), 1, "{k} on {at:?}");
+            at[0]
+        })
+        .collect();
+    let mut used = [0; 3];
+    for &s in &before {
+        used[s] += 1;
+    }
+    assert!(used.iter().all(|&n| n > 100), "{used:?}");
+    let big = Router::start(&addrs, "distribution = \"ch3\"", "").unwrap();
+    let mut c = McClient::connect(&big.addr()).unwrap();
+    let mut moved = 0;
+    for (k, &old) in keys.iter().zip(&before) {
+        if c.get(k).unwrap().is_none() {
+            // Not found where the 4-server pool looks: it must look on the new server.
+            c.set(k, k.as_bytes()).unwrap();
+            let at = where_is(k);
+            assert!(
+                at.contains(&3) && at.contains(&old),
+                "{k}: was on {old}, now {at:?}"
+            );
+            moved += 1;
+        }
+    }
+    assert!(
+        moved > 60 && moved < 300,
+        "{moved} of 600 keys moved to the 4th server"
+    );
+}

@@ -19,6 +19,8 @@ pub enum Distribution {
     Ketama(Continuum),
     /// `hash % n` over a list where each server appears `weight` times.
     Modula(Vec<u32>),
+    /// mcrouter's `Ch3` (`furc_hash` over the number of servers; weights ignored).
+    Ch3(u32),
     /// A random entry of the same weighted list: for replicated, read-mostly data.
     Random(Vec<u32>),
 }
@@ -44,6 +46,7 @@ impl Placement {
         let dist = match kind {
             "modula" => Distribution::Modula(weighted()),
             "random" => Distribution::Random(weighted()),
+            "ch3" => Distribution::Ch3(servers.len() as u32),
             "libmemcached_ketama" => Distribution::Ketama(Continuum::libmemcached(
                 &servers.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
                 hash,
@@ -106,6 +109,7 @@ impl Placement {
                 list[(self.hash.hash(key) as usize) % list.len().max(1)] as usize
             }
             Distribution::Random(list) => list[fastrand::usize(..list.len().max(1))] as usize,
+            Distribution::Ch3(n) => super::hash::furc::furc_hash(key, *n) as usize,
         }
     }
 }

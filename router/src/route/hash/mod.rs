@@ -1,6 +1,7 @@
 //! Key hash functions, bit-for-bit as twemproxy (and libmemcached) compute them, so a
 //! fleet moving from twemproxy to the router keeps every key on the same server.
 
+pub mod furc;
 pub mod ketama;
 
 use md5::{Digest, Md5};
