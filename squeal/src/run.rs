@@ -42,19 +42,22 @@ fn before(a: &Position, b: &Position) -> bool {
     (a.file.as_str(), a.pos) < (b.file.as_str(), b.pos)
 }
 
-/// Chooses where to start: the checkpoint, or (without one) `start`.
-async fn start_position(cfg: &Config) -> anyhow::Result<(Position, Option<String>)> {
-    let mut conn = mysql_async::Conn::new(live::opts(&cfg.source)?)
-        .await
-        .context("connecting to the server")?;
-    live::check_server(&mut conn).await?;
+/// Chooses where to start: the checkpoint, or (without one) `start`, which is then written
+/// as the checkpoint before anything is read, so a crash before the first acknowledgement
+/// resumes there instead of at a later "current" (which would skip what was read). Waits
+/// (with backoff) for an unreachable server; `None` if stopped while waiting.
+async fn start_position(cfg: &Config) -> anyhow::Result<Option<(Position, Option<String>)>> {
+    let Some(mut conn) = live::connect_retrying(&cfg.source).await? else {
+        return Ok(None);
+    };
+    live::check_server(&mut conn, &cfg.source).await?;
     let logs = live::binary_logs(&mut conn).await?;
     let cp = checkpoint::load(&cfg.checkpoint.path)?;
     let pos = match cp {
         Some(cp) => {
             if logs.iter().any(|(f, _)| *f == cp.file) {
                 tracing::info!(position = %cp.position(), gtid = ?cp.gtid, "resuming from checkpoint");
-                return Ok((cp.position(), cp.gtid));
+                return Ok(Some((cp.position(), cp.gtid)));
             }
             let oldest = logs.first().map(|(f, _)| f.as_str()).unwrap_or("none");
             match cfg.checkpoint.on_missing_binlog {
@@ -87,19 +90,37 @@ async fn start_position(cfg: &Config) -> anyhow::Result<(Position, Option<String
                 }
             }
         }
-        None => match cfg.source.start {
-            StartAt::Current => live::server_position(&mut conn).await?,
-            StartAt::Earliest => Position {
-                file: logs
-                    .first()
-                    .map(|(f, _)| f.clone())
-                    .context("the server lists no binary logs")?,
-                pos: 4,
-            },
-        },
+        None => {
+            let p = match cfg.source.start {
+                StartAt::Current => live::server_position(&mut conn).await?,
+                StartAt::Earliest => Position {
+                    file: logs
+                        .first()
+                        .map(|(f, _)| f.clone())
+                        .context("the server lists no binary logs")?,
+                    pos: 4,
+                },
+            };
+            checkpoint::store(
+                &cfg.checkpoint.path,
+                &Checkpoint {
+                    file: p.file.clone(),
+                    pos: p.pos,
+                    gtid: None,
+                },
+            )
+            .with_context(|| {
+                format!(
+                    "writing the first checkpoint {}",
+                    cfg.checkpoint.path.display()
+                )
+            })?;
+            tracing::info!(position = %p, path = %cfg.checkpoint.path.display(), "first start: start position written as the checkpoint");
+            p
+        }
     };
     let _ = conn.disconnect().await;
-    Ok((pos, None))
+    Ok(Some((pos, None)))
 }
 
 /// Writes the acknowledged position every `interval`, and once more at the end.
@@ -221,7 +242,9 @@ enum ReadEnd {
 pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let sinks = sink::build(&cfg.sinks)?;
-    let (start, _gtid) = start_position(&cfg).await?;
+    let Some((start, _gtid)) = start_position(&cfg).await? else {
+        return Ok(Summary::default());
+    };
     let target = if mode == Mode::UntilCurrent {
         let mut c = mysql_async::Conn::new(live::opts(&cfg.source)?).await?;
         let p = live::server_position(&mut c).await?;
@@ -266,10 +289,10 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
             Err(e) => {
                 metrics::counter!("squeal_reconnects_total").increment(1);
                 let msg = format!("{e:#}");
-                if msg.contains("binlog_format") || msg.contains("log_bin") {
+                if e.downcast_ref::<live::Refused>().is_some() {
                     break Err(e);
                 }
-                tracing::warn!(error = %msg, retry_in = ?backoff, "binlog connection failed");
+                tracing::warn!(address = %live::address(&cfg.source), error = %msg, retry_in = ?backoff, "binlog connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = tokio::signal::ctrl_c() => break Ok(()),

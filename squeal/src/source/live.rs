@@ -4,13 +4,52 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use mysql_async::prelude::*;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 
 use super::process::Position;
 use super::schema::{ColumnInfo, SchemaLookup};
 use crate::config::SourceConfig;
+
+/// The server is set up in a way squeal refuses to work with: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// `host:port` of the configured server, for log lines.
+pub fn address(cfg: &SourceConfig) -> String {
+    match opts(cfg) {
+        Ok(o) => format!("{}:{}", o.ip_or_hostname(), o.tcp_port()),
+        Err(_) => "the configured server".into(),
+    }
+}
+
+/// Connects, retrying with backoff (`reconnect_min_ms` doubling to `reconnect_max_ms`)
+/// while the server cannot be reached, logging the address each time; gives up only on a
+/// stop signal (`Ok(None)`). A server that answers but refuses us (bad password, missing
+/// grants) is retried too: an operator may be fixing it while squeal waits.
+pub async fn connect_retrying(cfg: &SourceConfig) -> anyhow::Result<Option<Conn>> {
+    let o = opts(cfg)?;
+    let mut backoff = Duration::from_millis(cfg.reconnect_min_ms);
+    let max = Duration::from_millis(cfg.reconnect_max_ms.max(cfg.reconnect_min_ms));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        match Conn::new(o.clone()).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => {
+                metrics::counter!("squeal_reconnects_total").increment(1);
+                tracing::warn!(address = %address(cfg), error = %e, retry_in = ?backoff, "cannot connect to the server; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+            _ = sigterm.recv() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
 
 /// What the server is.
 #[derive(Debug, Clone)]
@@ -23,25 +62,145 @@ pub fn opts(cfg: &SourceConfig) -> anyhow::Result<Opts> {
     Opts::from_url(&cfg.url).map_err(|e| anyhow::anyhow!("[source] url: {e}"))
 }
 
-/// Checks that the binlog is on and in ROW format; refuses otherwise.
-pub async fn check_server(conn: &mut Conn) -> anyhow::Result<ServerInfo> {
-    let row: Option<(String, String, String)> = conn
-        .query_first("SELECT VERSION(), @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+/// The server settings squeal depends on, as `SHOW GLOBAL VARIABLES` reports them (a
+/// variable the server does not have, e.g. `binlog_row_metadata` before MySQL 8.0 /
+/// MariaDB 10.5, is `None`).
+#[derive(Debug, Clone, Default)]
+pub struct ServerSettings {
+    pub version: String,
+    pub server_id: u32,
+    pub log_bin: String,
+    pub binlog_format: String,
+    pub binlog_row_image: Option<String>,
+    pub binlog_row_metadata: Option<String>,
+}
+
+impl ServerSettings {
+    pub fn mariadb(&self) -> bool {
+        self.version.contains("MariaDB")
+    }
+}
+
+/// Reads [`ServerSettings`].
+pub async fn read_settings(conn: &mut Conn) -> anyhow::Result<ServerSettings> {
+    let version: Option<String> = conn
+        .query_first("SELECT VERSION()")
         .await
         .context("reading server settings")?;
-    let (version, log_bin, format) = row.context("server settings query returned nothing")?;
-    if log_bin != "1" && !log_bin.eq_ignore_ascii_case("ON") {
-        bail!("the server's binary log is off (log_bin={log_bin}); squeal needs --log-bin");
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('server_id', 'log_bin', \
+             'binlog_format', 'binlog_row_image', 'binlog_row_metadata')",
+        )
+        .await
+        .context("reading server settings")?;
+    let mut s = ServerSettings {
+        version: version.unwrap_or_default(),
+        ..Default::default()
+    };
+    for (name, value) in rows {
+        match name.to_ascii_lowercase().as_str() {
+            "server_id" => s.server_id = value.parse().unwrap_or(0),
+            "log_bin" => s.log_bin = value,
+            "binlog_format" => s.binlog_format = value,
+            "binlog_row_image" => s.binlog_row_image = Some(value),
+            "binlog_row_metadata" => s.binlog_row_metadata = Some(value),
+            _ => {}
+        }
     }
-    if !format.eq_ignore_ascii_case("ROW") {
-        bail!(
-            "the server's binlog_format is {format}; squeal needs ROW (SET GLOBAL binlog_format=ROW, \
-             or --binlog-format=ROW) to see every changed row"
-        );
+    Ok(s)
+}
+
+/// Why a row image setting other than FULL matters (shared by the start-up warning,
+/// `--check` and the README).
+pub const ROW_IMAGE_WHY: &str = "with binlog_row_image other than FULL the before image of \
+     an UPDATE/DELETE holds only the primary key (MINIMAL) or lacks BLOB/TEXT columns (NOBLOB), \
+     so a key built from another column cannot be computed; squeal treats that as an error \
+     ([extract] on_missing_column). Set binlog_row_image=FULL (globally; a session may also \
+     change it)";
+
+/// Why squeal refuses `binlog_row_metadata` other than FULL by default.
+pub const ROW_METADATA_WHY: &str = "without binlog_row_metadata=FULL the binlog carries no \
+     column names, so squeal maps columns by position using information_schema, which \
+     describes the table as it is now: an ALTER racing an UPDATE can map a row's columns \
+     wrongly and produce wrong keys. Set binlog_row_metadata=FULL, or accept the risk with \
+     [source] allow_minimal_metadata = true";
+
+/// The problems of `s` for squeal: (fatal, message). Shared by start-up and `--check`.
+pub fn setting_problems(s: &ServerSettings, cfg: &SourceConfig) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    if s.log_bin != "1" && !s.log_bin.eq_ignore_ascii_case("ON") {
+        out.push((
+            true,
+            format!(
+                "the server's binary log is off (log_bin={}); squeal needs --log-bin",
+                s.log_bin
+            ),
+        ));
+    }
+    if !s.binlog_format.eq_ignore_ascii_case("ROW") {
+        out.push((
+            true,
+            format!(
+                "the server's binlog_format is {}; squeal needs ROW (SET GLOBAL binlog_format=ROW, \
+                 or --binlog-format=ROW) to see every changed row",
+                s.binlog_format
+            ),
+        ));
+    }
+    if s.server_id != 0 && s.server_id == cfg.server_id {
+        out.push((
+            true,
+            format!(
+                "[source] server_id = {} is the server's own server_id: a replica must use a \
+                 server_id no other server or replica of this server uses",
+                cfg.server_id
+            ),
+        ));
+    }
+    if let Some(img) = &s.binlog_row_image {
+        if !img.eq_ignore_ascii_case("FULL") {
+            out.push((
+                false,
+                format!("the server's binlog_row_image is {img}: {ROW_IMAGE_WHY}"),
+            ));
+        }
+    }
+    match &s.binlog_row_metadata {
+        Some(m) if !m.eq_ignore_ascii_case("FULL") => out.push((
+            !cfg.allow_minimal_metadata,
+            format!("the server's binlog_row_metadata is {m}: {ROW_METADATA_WHY}"),
+        )),
+        None => out.push((
+            !cfg.allow_minimal_metadata,
+            format!("the server has no binlog_row_metadata setting: {ROW_METADATA_WHY}"),
+        )),
+        _ => {}
+    }
+    out
+}
+
+/// Checks the server's settings: refuses what squeal cannot work with (binlog off, not ROW,
+/// our server_id is the server's, MINIMAL metadata without the opt-in); warns about a row
+/// image other than FULL (once per process).
+pub async fn check_server(conn: &mut Conn, cfg: &SourceConfig) -> anyhow::Result<ServerInfo> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let s = read_settings(conn).await?;
+    let mut warn = Vec::new();
+    for (fatal, msg) in setting_problems(&s, cfg) {
+        if fatal {
+            return Err(Refused(msg).into());
+        }
+        warn.push(msg);
+    }
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        for msg in warn {
+            tracing::warn!("{msg}");
+        }
     }
     Ok(ServerInfo {
-        mariadb: version.contains("MariaDB"),
-        version,
+        mariadb: s.mariadb(),
+        version: s.version,
     })
 }
 
@@ -72,7 +231,7 @@ pub async fn open_stream(
     let mut conn = Conn::new(opts(cfg)?)
         .await
         .context("connecting to the server")?;
-    let info = check_server(&mut conn).await?;
+    let info = check_server(&mut conn, cfg).await?;
     let hb_ns = cfg.heartbeat_ms.saturating_mul(1_000_000);
     conn.query_drop(format!("SET @master_heartbeat_period = {hb_ns}"))
         .await
