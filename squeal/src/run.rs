@@ -350,6 +350,10 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                     | ProcessError::Event(..) => {
                         break 'outer Err(anyhow::anyhow!("at {}: {e}", processor.position()));
                     }
+                    ProcessError::MissingColumn(_) | ProcessError::TableReset(_) => {
+                        tracing::error!(checkpoint_stays_at = %processor.position(), "{e}");
+                        break 'outer Err(anyhow::anyhow!("{e}"));
+                    }
                 }
             }
             for c in out.drain(..) {

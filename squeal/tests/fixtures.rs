@@ -44,6 +44,8 @@ fn catch_all() -> ExtractConfig {
             table: "*".into(),
             keys: vec!["row:{id}".into()],
         }],
+        // The fixtures DROP their tables; reading on past that needs the flush.
+        on_table_reset: squeal::config::OnTableReset::Flush,
         ..Default::default()
     }
 }
@@ -327,4 +329,27 @@ fn mariadb_raw_events() {
     assert_eq!(out.len(), 1);
     assert_eq!(out[0].gtid.as_deref(), Some("0-1-7"));
     assert_eq!(keys(out.pop().unwrap()), vec!["a:1".to_string()]);
+}
+
+#[test]
+fn a_dropped_rule_table_stops_by_default_and_flushes_when_asked() {
+    let f = dir().join("binlog_transaction_with_GTID.000001");
+    let cfg = ExtractConfig {
+        on_table_reset: Default::default(),
+        ..catch_all()
+    };
+    let mut p = Processor::new(&cfg, Box::new(NoSchema)).unwrap();
+    let err = read_file(&f, &mut p, |_| {}).expect_err("DROP TABLE of a rule table must stop");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("DROP TABLE of test.t1")
+            && msg.contains("binlog_transaction_with_GTID.000001:"),
+        "{msg}"
+    );
+    let (r, out, _) = read("binlog_transaction_with_GTID.000001");
+    r.unwrap();
+    assert!(
+        out.iter().any(|c| c.flush),
+        "the DROP's commit must carry the flush"
+    );
 }

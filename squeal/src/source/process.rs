@@ -13,7 +13,7 @@ use mysql_common::binlog::events::{
 use super::decode::{format_value, lenenc, read_image, ColSpec};
 use super::mariadb;
 use super::schema::{plan, SchemaLookup, TablePlan};
-use crate::config::ExtractConfig;
+use crate::config::{ExtractConfig, OnMissingColumn, OnTableReset};
 use crate::extract::rules::{BoundPart, Rule};
 use crate::extract::transaction::TxnKeys;
 
@@ -38,6 +38,9 @@ pub struct Committed {
     pub gtid: Option<String>,
     /// Server timestamp of the commit event (seconds since the epoch).
     pub commit_ts: u32,
+    /// Every target must be flushed once this transaction's keys (and everything before
+    /// them) are delivered, before anything after it (a table reset, on_table_reset=flush).
+    pub flush: bool,
 }
 
 /// Counters the processor keeps (exported as metrics by the caller).
@@ -53,6 +56,10 @@ pub struct Stats {
     pub decode_errors: u64,
     pub schema_problems: u64,
     pub ddl: u64,
+    /// Rows events whose images lacked a template column.
+    pub missing_columns: u64,
+    /// TRUNCATE / DROP / RENAME statements of rule tables.
+    pub table_resets: u64,
 }
 
 /// Why the stream cannot go on.
@@ -64,6 +71,12 @@ pub enum ProcessError {
     Event(u8, String, std::io::Error),
     #[error("spilling transaction keys: {0}")]
     Spill(std::io::Error),
+    /// A template column is not in a row image ([extract] on_missing_column = "stop").
+    #[error("{0}")]
+    MissingColumn(String),
+    /// TRUNCATE / DROP / RENAME of a rule table ([extract] on_table_reset = "stop").
+    #[error("{0}")]
+    TableReset(String),
 }
 
 /// Events in, committed transactions out.
@@ -72,6 +85,13 @@ pub struct Processor {
     outboxes: Vec<(String, String, String)>,
     annotations: bool,
     annotation_dbs: Vec<String>,
+    on_missing_column: OnMissingColumn,
+    on_table_reset: OnTableReset,
+    /// Columns of the current rows event absent from the after image of an UPDATE (taken
+    /// from the before image: an absent column is one the statement did not change).
+    fill: Vec<usize>,
+    /// The next commit must flush every target (a table reset with on_table_reset=flush).
+    flush_pending: bool,
     schema: Box<dyn SchemaLookup>,
     tables: HashMap<u64, (Vec<u8>, Arc<TablePlan>)>,
     pub file: String,
@@ -108,6 +128,10 @@ impl Processor {
                 .collect(),
             annotations: cfg.annotations,
             annotation_dbs: cfg.annotation_databases.clone(),
+            on_missing_column: cfg.on_missing_column,
+            on_table_reset: cfg.on_table_reset,
+            fill: Vec::new(),
+            flush_pending: false,
             schema,
             tables: HashMap::new(),
             file: String::new(),
@@ -151,6 +175,7 @@ impl Processor {
     }
 
     fn abort_txn(&mut self) {
+        self.flush_pending = false;
         self.txn.clear();
         self.annot.clear();
         self.in_txn = false;
@@ -190,6 +215,7 @@ impl Processor {
             pos: self.position(),
             gtid: self.last_gtid.clone(),
             commit_ts: self.last_ts,
+            flush: std::mem::take(&mut self.flush_pending),
         });
         self.in_txn = false;
         self.annot_allowed = self.annotation_dbs.is_empty();
@@ -272,6 +298,7 @@ impl Processor {
             }
             x if x == EventType::QUERY_EVENT as u8 => {
                 let q: QueryEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
+                self.table_resets(q.query_raw(), &q.schema())?;
                 self.query(q.query_raw(), out)?;
             }
             x if x == EventType::ROWS_QUERY_EVENT as u8 => {
@@ -375,13 +402,60 @@ impl Processor {
             self.schema.invalidate();
             self.tables.clear();
         }
-        if !self.in_txn {
+        // A table reset (TRUNCATE/DROP/RENAME) is never part of a larger transaction, even
+        // after a MySQL GTID event opened one: it commits itself with its flush.
+        if !self.in_txn || self.flush_pending {
             // A standalone statement (DDL) commits itself.
             self.annot_allowed = true;
             self.pos = self.pending_end();
             self.commit(out)?;
         }
         Ok(())
+    }
+
+    /// TRUNCATE / DROP / RENAME of a table with a rule: the binlog holds no row images for
+    /// the rows it removes. Stops with an error (default; the position stays before the
+    /// statement) or marks the statement's commit to flush every target (`flush`).
+    fn table_resets(&mut self, sql: &[u8], schema: &str) -> Result<(), ProcessError> {
+        let resets = crate::extract::ddl::reset_tables(sql, schema);
+        let hit: Vec<String> = resets
+            .iter()
+            .filter(|r| {
+                self.rules.iter().any(|rule| {
+                    if r.table == "*" {
+                        rule.database == "*" || rule.database == r.database
+                    } else {
+                        rule.matches(&r.database, &r.table)
+                    }
+                })
+            })
+            .map(|r| format!("{} of {}.{}", r.verb, r.database, r.table))
+            .collect();
+        if hit.is_empty() {
+            return Ok(());
+        }
+        self.stats.table_resets += 1;
+        metrics::counter!("squeal_table_resets_total").increment(1);
+        let what = hit.join(", ");
+        match self.on_table_reset {
+            OnTableReset::Stop => Err(ProcessError::TableReset(format!(
+                "{what} (a table with a rule) in the statement ending at binlog {}:{}: the \
+                 binlog holds no row images for it, so the keys of the rows it removed cannot \
+                 be computed. squeal stops here and checkpoints nothing past it. Either flush \
+                 the caches yourself and move the checkpoint past the statement, or set \
+                 [extract] on_table_reset = \"flush\" so squeal flushes every target through \
+                 its sinks and goes on",
+                self.file, self.current_end
+            ))),
+            OnTableReset::Flush => {
+                self.problems.push(format!(
+                    "{what} at binlog {}:{}: flushing every target (on_table_reset = \"flush\")",
+                    self.file, self.current_end
+                ));
+                self.flush_pending = true;
+                Ok(())
+            }
+        }
     }
 
     /// End of the event being handled (set by `handle` through `outer_pos`/log_pos).
@@ -478,6 +552,9 @@ impl Processor {
         } else {
             self.annot_allowed = true;
         }
+        if plan.wants_rows() {
+            self.check_images(&plan, is_update, is_delete, bm1, bm2)?;
+        }
         let rows_data = &data[..data.len()];
         let partial = if t == 39 { Some(plan.json_cols) } else { None };
         while p < rows_data.len() {
@@ -503,6 +580,9 @@ impl Processor {
                 let _ = is_delete;
                 self.row_keys(&plan, rows_data, &sa)?;
                 if is_update {
+                    for &c in &self.fill {
+                        sb[c] = sa[c];
+                    }
                     self.row_keys(&plan, rows_data, &sb)?;
                 }
             }
@@ -510,6 +590,82 @@ impl Processor {
             self.slots_b = sb;
         }
         Ok(())
+    }
+
+    /// Finds the template (and outbox) columns a rows event's images lack
+    /// (`binlog_row_image` MINIMAL or NOBLOB, set globally or by the session): counted per
+    /// column, then an error (default) or a logged problem. A NULL value is not missing: it
+    /// is in the image. An UPDATE's after image lacks the columns the statement did not
+    /// change; those are taken from the before image (`self.fill`), so only a column absent
+    /// from the before image (or from an INSERT's / DELETE's only image) is missing.
+    fn check_images(
+        &mut self,
+        plan: &TablePlan,
+        is_update: bool,
+        is_delete: bool,
+        bm1: &[u8],
+        bm2: &[u8],
+    ) -> Result<(), ProcessError> {
+        let has = |bm: &[u8], c: usize| bm.get(c / 8).is_some_and(|b| b & (1 << (c % 8)) != 0);
+        self.fill.clear();
+        let mut missing: Vec<usize> = Vec::new();
+        let cols = plan
+            .templates
+            .iter()
+            .flatten()
+            .filter_map(|p| match p {
+                BoundPart::Col(c) => Some(*c),
+                _ => None,
+            })
+            .chain(plan.outbox);
+        for c in cols {
+            if !has(bm1, c) {
+                if !missing.contains(&c) {
+                    missing.push(c);
+                }
+            } else if is_update && !has(bm2, c) && !self.fill.contains(&c) {
+                self.fill.push(c);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (kind, image) = match (is_update, is_delete) {
+            (true, _) => ("UPDATE", "before"),
+            (_, true) => ("DELETE", "before"),
+            _ => ("INSERT", "only"),
+        };
+        let table = format!("{}.{}", plan.db, plan.table);
+        let mut names = Vec::new();
+        for &c in &missing {
+            let name = plan
+                .names
+                .as_ref()
+                .and_then(|n| n.get(c).cloned())
+                .unwrap_or_else(|| format!("#{c}"));
+            metrics::counter!("squeal_rule_columns_missing_total", "table" => table.clone(), "column" => name.clone())
+                .increment(1);
+            names.push(name);
+        }
+        self.stats.missing_columns += 1;
+        let msg = format!(
+            "{table}: column(s) {} not in the {image} image of the {kind} rows event ending at \
+             {}:{}, so the keys built from them cannot be computed (the server logged it with \
+             binlog_row_image MINIMAL or NOBLOB, set globally or by the session). Set \
+             binlog_row_image=FULL (SET GLOBAL binlog_row_image=FULL, in my.cnf, and in any \
+             session that changes it); or set [extract] on_missing_column = \"warn\" to go on \
+             without those keys",
+            names.join(", "),
+            self.file,
+            self.current_end
+        );
+        match self.on_missing_column {
+            OnMissingColumn::Stop => Err(ProcessError::MissingColumn(msg)),
+            OnMissingColumn::Warn => {
+                self.problems.push(msg);
+                Ok(())
+            }
+        }
     }
 
     fn row_keys(
