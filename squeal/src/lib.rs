@@ -7,6 +7,7 @@
 //! acknowledged. [`run`] wires them together.
 
 pub mod batch;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod extract;

@@ -123,6 +123,28 @@ async fn start_position(cfg: &Config) -> anyhow::Result<Option<(Position, Option
     Ok(Some((pos, None)))
 }
 
+/// The cascade check ([`live::warn_cascades`]) on its own connection; a failure is logged,
+/// never fatal (squeal works without it, only the warning is missing).
+async fn check_cascades(cfg: Config) {
+    let rules: Vec<crate::extract::rules::Rule> = cfg
+        .extract
+        .rules
+        .iter()
+        .filter_map(|r| crate::extract::rules::Rule::new(r).ok())
+        .collect();
+    let r = async {
+        let mut conn = mysql_async::Conn::new(live::opts(&cfg.source)?).await?;
+        live::warn_cascades(&mut conn, &rules).await?;
+        let _ = conn.disconnect().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        metrics::counter!("squeal_fk_check_errors_total").increment(1);
+        tracing::warn!(error = %format!("{e:#}"), "could not look for foreign-key cascades");
+    }
+}
+
 /// Writes the acknowledged position every `interval`, and once more at the end.
 async fn checkpointer(
     cfg: Config,
@@ -271,6 +293,8 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         Duration::from_micros(cfg.batch.linger_us),
         btx,
     );
+    check_cascades(cfg.clone()).await;
+    let mut ddl_seen = 0u64;
     let reader_pos = Arc::new(Mutex::new((start.clone(), 0u32)));
     let poller = tokio::spawn(lag_poller(cfg.clone(), reader_pos.clone()));
 
@@ -355,6 +379,11 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                         break 'outer Err(anyhow::anyhow!("{e}"));
                     }
                 }
+            }
+            if processor.stats.ddl != ddl_seen {
+                // Foreign keys may have changed.
+                ddl_seen = processor.stats.ddl;
+                tokio::spawn(check_cascades(cfg.clone()));
             }
             for c in out.drain(..) {
                 if batcher.push(c).await.is_err() {

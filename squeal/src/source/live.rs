@@ -338,3 +338,78 @@ impl SchemaLookup for InfoSchema {
         self.cache.clear();
     }
 }
+
+/// Foreign keys with a cascading action (CASCADE / SET NULL on delete or update), from
+/// information_schema (REFERENTIAL_CONSTRAINTS for the actions, KEY_COLUMN_USAGE for the
+/// columns in order).
+pub async fn fk_cascades(conn: &mut Conn) -> anyhow::Result<Vec<crate::extract::cascade::Cascade>> {
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+    );
+    let rows: Vec<Row> = conn
+        .query(
+            "SELECT rc.CONSTRAINT_SCHEMA, rc.CONSTRAINT_NAME, rc.TABLE_NAME, \
+             k.REFERENCED_TABLE_SCHEMA, rc.REFERENCED_TABLE_NAME, \
+             CONCAT('ON DELETE ', rc.DELETE_RULE, ', ON UPDATE ', rc.UPDATE_RULE), \
+             k.COLUMN_NAME, k.REFERENCED_COLUMN_NAME \
+             FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
+             JOIN information_schema.KEY_COLUMN_USAGE k \
+               ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
+              AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
+             WHERE rc.DELETE_RULE IN ('CASCADE', 'SET NULL') \
+                OR rc.UPDATE_RULE IN ('CASCADE', 'SET NULL') \
+             ORDER BY rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+        )
+        .await
+        .context("reading foreign keys from information_schema")?;
+    let mut out: Vec<crate::extract::cascade::Cascade> = Vec::new();
+    for (db, name, child, pdb, parent, actions, col, pcol) in rows {
+        match out.last_mut() {
+            Some(c) if c.child_db == db && c.child_table == child && c.name == name => {
+                c.child_columns.push(col);
+                c.parent_columns.push(pcol);
+            }
+            _ => out.push(crate::extract::cascade::Cascade {
+                name,
+                child_db: db,
+                child_table: child,
+                child_columns: vec![col],
+                parent_db: pdb,
+                parent_table: parent,
+                parent_columns: vec![pcol],
+                actions,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Looks for cascading foreign keys whose child table has a rule and warns (and counts,
+/// `squeal_fk_cascades_uncovered{parent,child}`) about each one whose child keys no parent
+/// rule covers. Run at start and after DDL. Returns the findings (for `--check`).
+pub async fn warn_cascades(
+    conn: &mut Conn,
+    rules: &[crate::extract::rules::Rule],
+) -> anyhow::Result<Vec<crate::extract::cascade::Finding>> {
+    let found = crate::extract::cascade::findings(&fk_cascades(conn).await?, rules);
+    for f in &found {
+        let c = &f.cascade;
+        let parent = format!("{}.{}", c.parent_db, c.parent_table);
+        let child = format!("{}.{}", c.child_db, c.child_table);
+        metrics::gauge!("squeal_fk_cascades_uncovered", "parent" => parent.clone(), "child" => child.clone())
+            .set(f.uncovered.len() as f64);
+        if f.uncovered.is_empty() {
+            tracing::info!(%parent, %child, covered = ?f.covered, "foreign-key cascade covered by the parent's rule");
+        } else {
+            tracing::warn!(%parent, %child, "{}", f.message());
+        }
+    }
+    Ok(found)
+}
