@@ -219,8 +219,7 @@ pub fn reset_tables(sql: &[u8], default_db: &str) -> Vec<Reset> {
         }
     } else if p.eat("RENAME") {
         if p.eat("TABLE") || p.eat("TABLES") {
-            loop {
-                let Some(from) = p.table() else { break };
+            while let Some(from) = p.table() {
                 if p.eat("WAIT") {
                     p.word();
                 }
@@ -263,11 +262,9 @@ pub fn reset_tables(sql: &[u8], default_db: &str) -> Vec<Reset> {
                 }
             }
         }
-    } else if p.eat_all(&["CREATE", "OR", "REPLACE"]) {
-        if p.eat("TABLE") {
-            if let Some(t) = p.table() {
-                push(t, "CREATE OR REPLACE TABLE");
-            }
+    } else if p.eat_all(&["CREATE", "OR", "REPLACE"]) && p.eat("TABLE") {
+        if let Some(t) = p.table() {
+            push(t, "CREATE OR REPLACE TABLE");
         }
     }
     out
