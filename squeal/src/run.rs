@@ -306,6 +306,8 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let mut out = Vec::new();
     let mut last_log = Instant::now() - Duration::from_secs(10);
     let mut last_publish = Instant::now();
+    // Disconnects by the server because another replica registered our server_id.
+    let mut collisions: Vec<Instant> = Vec::new();
     let result: anyhow::Result<()> = 'outer: loop {
         let pos = processor.position();
         let (mut stream, info) = match live::open_stream(&cfg.source, &pos).await {
@@ -360,6 +362,25 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                         break 'outer Err(anyhow::anyhow!(
                             "the server cannot send binlog {pos}: {msg}"
                         ));
+                    }
+                    if msg.contains("same server_uuid/server_id") || msg.contains("same server_id") {
+                        // MariaDB/MySQL drop the older of two connections with one server_id:
+                        // reconnecting would only take turns with the other replica.
+                        collisions.retain(|t| t.elapsed() < Duration::from_secs(120));
+                        collisions.push(Instant::now());
+                        metrics::counter!("squeal_server_id_collisions_total").increment(1);
+                        if collisions.len() >= 3 {
+                            break 'outer Err(anyhow::anyhow!(
+                                "[source] server_id = {} is used by another replica of {}: the \
+                                 server dropped squeal's binlog connection {} times because a \
+                                 replica with the same server_id connected ({msg}). Give squeal a \
+                                 server_id no other replica uses (SHOW SLAVE HOSTS on the server \
+                                 lists them)",
+                                cfg.source.server_id,
+                                live::address(&cfg.source),
+                                collisions.len()
+                            ));
+                        }
                     }
                     break ReadEnd::Lost(msg);
                 }
