@@ -363,7 +363,8 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                             "the server cannot send binlog {pos}: {msg}"
                         ));
                     }
-                    if msg.contains("same server_uuid/server_id") || msg.contains("same server_id") {
+                    if msg.contains("same server_uuid/server_id") || msg.contains("same server_id")
+                    {
                         // MariaDB/MySQL drop the older of two connections with one server_id:
                         // reconnecting would only take turns with the other replica.
                         collisions.retain(|t| t.elapsed() < Duration::from_secs(120));

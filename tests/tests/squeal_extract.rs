@@ -41,7 +41,10 @@ async fn env(extra: &str, db_args: &[&str]) -> Result<Env> {
     );
     if db_args.contains(&"--binlog-row-metadata=MINIMAL") {
         // squeal refuses MINIMAL metadata unless told to accept its risk.
-        cfg = cfg.replace("server_id = 777", "server_id = 777\nallow_minimal_metadata = true");
+        cfg = cfg.replace(
+            "server_id = 777",
+            "server_id = 777\nallow_minimal_metadata = true",
+        );
     }
     let squeal = Squeal::start(&cfg)?;
     Ok(Env {

@@ -91,9 +91,17 @@ fn wait_exit(squeal: &mut Squeal, timeout: Duration) -> Result<String> {
 
 /// Runs the squeal binary with `args` and `config` (written to `dir`) to its end, at most
 /// `timeout`: (exit success, stdout + stderr).
-fn run_squeal(dir: &Path, config: &str, args: &[&str], timeout: Duration) -> Result<(bool, String)> {
+fn run_squeal(
+    dir: &Path,
+    config: &str,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<(bool, String)> {
     let path = dir.join("run.toml");
-    std::fs::write(&path, format!("{config}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"))?;
+    std::fs::write(
+        &path,
+        format!("{config}\n[metrics]\nlisten = \"127.0.0.1:0\"\n"),
+    )?;
     let out_path = dir.join("run.out");
     let out = std::fs::File::create(&out_path)?;
     let mut child = Command::new(harness::project::bin("squeal"))
@@ -149,14 +157,20 @@ async fn session_minimal_row_image_stops_squeal() -> Result<()> {
     let mut squeal = Squeal::start(&config(&db.url(), &[mc.addr()], &cp, USERS))?;
     // A FULL-image UPDATE works as always.
     cache(&mc, &["user:1", "user_by_email:a@x"])?;
-    db.exec("UPDATE app.users SET name = 'AA' WHERE id = 1").await?;
+    db.exec("UPDATE app.users SET name = 'AA' WHERE id = 1")
+        .await?;
     wait_gone(&mc, &["user:1", "user_by_email:a@x"], &squeal)?;
-    squeal.wait_metric("squeal_checkpoint_writes_total", 1.0, Duration::from_secs(10))?;
+    squeal.wait_metric(
+        "squeal_checkpoint_writes_total",
+        1.0,
+        Duration::from_secs(10),
+    )?;
     std::thread::sleep(Duration::from_millis(300));
     let (file, before_update) = db.binlog_position().await?;
 
     let mut conn = db.conn().await?;
-    conn.query_drop("SET SESSION binlog_row_image = MINIMAL").await?;
+    conn.query_drop("SET SESSION binlog_row_image = MINIMAL")
+        .await?;
     conn.query_drop("UPDATE app.users SET name = 'BB' WHERE id = 2")
         .await?;
     drop(conn);
@@ -168,7 +182,10 @@ async fn session_minimal_row_image_stops_squeal() -> Result<()> {
         &format!("{file}:"),
         "on_missing_column",
     ] {
-        assert!(log.contains(want), "{want:?} missing from the error; log:\n{log}");
+        assert!(
+            log.contains(want),
+            "{want:?} missing from the error; log:\n{log}"
+        );
     }
     let (_, at) = read_checkpoint(&cp)?.expect("a checkpoint");
     assert!(
@@ -182,7 +199,10 @@ async fn session_minimal_row_image_stops_squeal() -> Result<()> {
         &[],
         Duration::from_secs(30),
     )?;
-    assert!(!ok && out.contains("email") && out.contains("binlog_row_image"), "{out}");
+    assert!(
+        !ok && out.contains("email") && out.contains("binlog_row_image"),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -208,9 +228,16 @@ async fn global_minimal_row_image_stops_or_warns() -> Result<()> {
         log.contains("email") && log.contains("DELETE") && log.contains("binlog_row_image=FULL"),
         "{log}"
     );
-    assert!(cached(&mc, "user:3")?, "stopped squeal must not have delivered past the error");
+    assert!(
+        cached(&mc, "user:3")?,
+        "stopped squeal must not have delivered past the error"
+    );
 
-    set_config(&squeal, "[[extract.rule]]", "[extract]\non_missing_column = \"warn\"\n\n[[extract.rule]]")?;
+    set_config(
+        &squeal,
+        "[[extract.rule]]",
+        "[extract]\non_missing_column = \"warn\"\n\n[[extract.rule]]",
+    )?;
     squeal.restart()?;
     wait_gone(&mc, &["user:3"], &squeal)?;
     squeal.wait_metric(
@@ -220,15 +247,22 @@ async fn global_minimal_row_image_stops_or_warns() -> Result<()> {
     )?;
     let text = squeal.metrics_text()?;
     assert!(
-        text.lines().any(|l| l.starts_with("squeal_rule_columns_missing_total")
-            && l.contains("table=\"app.users\"")
-            && l.contains("column=\"email\"")),
+        text.lines()
+            .any(|l| l.starts_with("squeal_rule_columns_missing_total")
+                && l.contains("table=\"app.users\"")
+                && l.contains("column=\"email\"")),
         "{text}"
     );
     let log = std::fs::read_to_string(&squeal.server.log)?;
     let after = &log[log.rfind("binlog_row_image is MINIMAL").unwrap_or(0)..];
-    assert!(after.contains("not in the before image"), "no log line:\n{log}");
-    assert!(cached(&mc, "user_by_email:c@x")?, "a key it cannot compute stays (counted)");
+    assert!(
+        after.contains("not in the before image"),
+        "no log line:\n{log}"
+    );
+    assert!(
+        cached(&mc, "user_by_email:c@x")?,
+        "a key it cannot compute stays (counted)"
+    );
     squeal.server.check_alive()?;
     Ok(())
 }
@@ -281,14 +315,22 @@ async fn table_resets_stop_or_flush() -> Result<()> {
             assert!(cached(&mc, k)?, "{k} gone although squeal stopped");
         }
         let flushes = |s: &Squeal| s.metric("squeal_flushes_total").unwrap_or(0.0);
-        set_config(&squeal, "on_table_reset = \"stop\"", "on_table_reset = \"flush\"")?;
+        set_config(
+            &squeal,
+            "on_table_reset = \"stop\"",
+            "on_table_reset = \"flush\"",
+        )?;
         squeal.restart()?;
         wait_gone(&mc, &refs, &squeal)?;
         assert!(flushes(&squeal) >= 1.0, "keys gone without a flush?");
         // The flush is acknowledged, so it is checkpointed: back to the default.
         std::thread::sleep(Duration::from_millis(300));
         squeal.server.terminate(Duration::from_secs(10));
-        set_config(&squeal, "on_table_reset = \"flush\"", "on_table_reset = \"stop\"")?;
+        set_config(
+            &squeal,
+            "on_table_reset = \"flush\"",
+            "on_table_reset = \"stop\"",
+        )?;
         squeal.restart()?;
     }
     Ok(())
@@ -348,11 +390,24 @@ keys = ["orders_by_user:{user_id}"]
     drop(squeal);
     let squeal = Squeal::start(&config(&db.url(), &[mc.addr()], &cp, &both))?;
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(squeal.metric(gauge), Some(0.0), "covered: no uncovered template");
-    cache(&mc, &["orders_by_user:1", "orders_by_user:2", "orders_by_user:200", "user:1"])?;
+    assert_eq!(
+        squeal.metric(gauge),
+        Some(0.0),
+        "covered: no uncovered template"
+    );
+    cache(
+        &mc,
+        &[
+            "orders_by_user:1",
+            "orders_by_user:2",
+            "orders_by_user:200",
+            "user:1",
+        ],
+    )?;
     db.exec("DELETE FROM app.users WHERE id = 1").await?;
     wait_gone(&mc, &["orders_by_user:1", "user:1"], &squeal)?;
-    db.exec("UPDATE app.users SET id = 200 WHERE id = 2").await?;
+    db.exec("UPDATE app.users SET id = 200 WHERE id = 2")
+        .await?;
     wait_gone(&mc, &["orders_by_user:2", "orders_by_user:200"], &squeal)?;
     // The cascades did happen, without a binlogged child row.
     let mut conn = db.conn().await?;
@@ -385,13 +440,18 @@ async fn check_against_the_live_server() -> Result<()> {
     let check = |cfg: &str| run_squeal(dir.path(), cfg, &["--check"], Duration::from_secs(30));
 
     let (ok, out) = check(&base)?;
+    eprintln!("--check of a good config:\n{out}");
     assert!(ok && out.contains("run.toml: ok"), "good config:\n{out}");
     let repl = base.replace("mysql://root@", "mysql://repl:pw@");
     let (ok, out) = check(&repl)?;
     assert!(ok, "a user with the replication grants:\n{out}");
 
     let cases: Vec<(String, &str, &str)> = vec![
-        (base.replace("user:{id}", "user:{idd}"), "user:{idd}", "no column \"idd\""),
+        (
+            base.replace("user:{id}", "user:{idd}"),
+            "user:{idd}",
+            "no column \"idd\"",
+        ),
         (
             base.replace("database = \"app\"", "database = \"nope\""),
             "database = \"nope\"",
@@ -423,6 +483,7 @@ async fn check_against_the_live_server() -> Result<()> {
     ];
     for (cfg, line_needle, msg) in &cases {
         let (ok, out) = check(cfg)?;
+        eprintln!("--check:\n{out}");
         let line = line_of(cfg, line_needle);
         assert!(
             !ok && out.contains(&format!("run.toml:{line}: ")) && out.contains(msg),
@@ -433,7 +494,10 @@ async fn check_against_the_live_server() -> Result<()> {
     // Offline: says what it could not check (and the sink check still runs).
     let offline = base.replace(&format!(":{}/", db.port()), ":1/");
     let (ok, out) = check(&offline)?;
-    assert!(ok && out.contains("could not reach") && out.contains("NOT checked"), "{out}");
+    assert!(
+        ok && out.contains("could not reach") && out.contains("NOT checked"),
+        "{out}"
+    );
     Ok(())
 }
 
@@ -453,7 +517,10 @@ async fn unreachable_server_is_retried_and_own_server_id_refused() -> Result<()>
         &[],
         Duration::from_secs(30),
     )?;
-    assert!(!ok && out.contains("server_id = 1 is the server's own"), "{out}");
+    assert!(
+        !ok && out.contains("server_id = 1 is the server's own"),
+        "{out}"
+    );
 
     db.kill();
     let starting = std::thread::spawn(move || Squeal::start(&cfg));
@@ -467,7 +534,8 @@ async fn unreachable_server_is_retried_and_own_server_id_refused() -> Result<()>
         "{log}"
     );
     cache(&mc, &["user:1"])?;
-    db.exec("UPDATE app.users SET name = 'x' WHERE id = 1").await?;
+    db.exec("UPDATE app.users SET name = 'x' WHERE id = 1")
+        .await?;
     wait_gone(&mc, &["user:1"], &squeal)?;
     Ok(())
 }
@@ -501,6 +569,7 @@ async fn duplicate_server_id_is_a_clear_error() -> Result<()> {
         "{out}"
     );
     let (ok, out) = run_squeal(dir.path(), &cfg, &[], Duration::from_secs(60))?;
+    eprintln!("squeal with a duplicate server_id:\n{out}");
     assert!(
         !ok && out.contains("server_id = 777 is used by another replica"),
         "{out}"
@@ -527,7 +596,8 @@ async fn first_start_killed_before_its_first_ack_redelivers() -> Result<()> {
     cache(&mc, &["user:2", "user_by_email:b@x"])?;
     // memcached stops answering: nothing can be acknowledged.
     mc.server.signal("STOP");
-    db.exec("UPDATE app.users SET name = 'x' WHERE id = 2").await?;
+    db.exec("UPDATE app.users SET name = 'x' WHERE id = 2")
+        .await?;
     squeal.wait_metric("squeal_rows_total", 1.0, Duration::from_secs(10))?;
     squeal.server.kill();
     assert_eq!(
@@ -540,7 +610,8 @@ async fn first_start_killed_before_its_first_ack_redelivers() -> Result<()> {
     mc.server.signal("CONT");
     std::thread::sleep(Duration::from_millis(300));
     cache(&mc, &["user:2", "user_by_email:b@x"])?;
-    db.exec("INSERT INTO app.users VALUES (9, 'z@x', 'Z')").await?;
+    db.exec("INSERT INTO app.users VALUES (9, 'z@x', 'Z')")
+        .await?;
     squeal.restart()?;
     wait_gone(&mc, &["user:2", "user_by_email:b@x"], &squeal)?;
     Ok(())
