@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mysql_common::binlog::consts::EventType;
+use mysql_common::binlog::consts::{EventType, StatusVarKey};
 use mysql_common::binlog::events::{
-    Event, GtidEvent as MyGtidEvent, QueryEvent, RotateEvent, RowsQueryEvent, TableMapEvent,
+    Event, GtidEvent as MyGtidEvent, QueryEvent, RotateEvent, RowsQueryEvent, StatusVarVal,
+    TableMapEvent,
 };
 
 use super::decode::{format_value, lenenc, read_image, ColSpec};
@@ -94,6 +95,9 @@ pub struct Processor {
     /// Server timestamp of the last event (seconds since the epoch).
     pub last_ts: u32,
     current_end: u64,
+    /// Quoting rules of the session that wrote the current statements (its `sql_mode`, as
+    /// the last Query event recorded it): where annotation comments can be.
+    dialect: marker::annotation::Dialect,
 }
 
 impl Processor {
@@ -126,6 +130,7 @@ impl Processor {
             problems: Vec::new(),
             last_ts: 0,
             current_end: 4,
+            dialect: Default::default(),
         })
     }
 
@@ -200,7 +205,7 @@ impl Processor {
         if !self.annotations {
             return Ok(());
         }
-        for r in marker::annotation::parse(text) {
+        for r in marker::annotation::parse_with(text, self.dialect) {
             match r {
                 Ok(k) => self.annot.insert(&k).map_err(ProcessError::Spill)?,
                 Err(e) => {
@@ -272,6 +277,11 @@ impl Processor {
             }
             x if x == EventType::QUERY_EVENT as u8 => {
                 let q: QueryEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
+                if let Some(v) = q.status_vars().get_status_var(StatusVarKey::SqlMode) {
+                    if let Ok(StatusVarVal::SqlMode(m)) = v.get_value() {
+                        self.dialect = marker::annotation::Dialect::from_sql_mode(m.0);
+                    }
+                }
                 self.query(q.query_raw(), out)?;
             }
             x if x == EventType::ROWS_QUERY_EVENT as u8 => {
