@@ -92,6 +92,11 @@ pub struct ExtractConfig {
     /// Keys a transaction holds in memory before the rest spills to a temporary file.
     #[serde(default = "default_txn_memory")]
     pub max_transaction_bytes: usize,
+    /// Time zone TIMESTAMP columns are rendered in for keys: a name under
+    /// /usr/share/zoneinfo (`Europe/Berlin`), an offset (`+02:00`) or `SYSTEM`. Default: the
+    /// server's `@@time_zone`, what application sessions get unless they set their own.
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
 fn yes() -> bool {
@@ -109,6 +114,7 @@ impl Default for ExtractConfig {
             rules: Vec::new(),
             outboxes: Vec::new(),
             max_transaction_bytes: default_txn_memory(),
+            time_zone: None,
         }
     }
 }

@@ -11,9 +11,10 @@ use mysql_common::binlog::events::{
     TableMapEvent,
 };
 
-use super::decode::{format_value, lenenc, read_image, ColSpec};
+use super::decode::{lenenc, read_image};
 use super::mariadb;
-use super::schema::{plan, SchemaLookup, TablePlan};
+use super::schema::{plan, PlanContext, SchemaLookup, TablePlan};
+use super::text::{append_part, format, NoText, Zone};
 use crate::config::ExtractConfig;
 use crate::extract::rules::{BoundPart, Rule};
 use crate::extract::transaction::TxnKeys;
@@ -98,6 +99,10 @@ pub struct Processor {
     /// Quoting rules of the session that wrote the current statements (its `sql_mode`, as
     /// the last Query event recorded it): where annotation comments can be.
     dialect: marker::annotation::Dialect,
+    /// Time zone and server flavour for table plans.
+    ctx: PlanContext,
+    /// Scratch buffers for filtered placeholders.
+    scratch: (Vec<u8>, Vec<u8>),
 }
 
 impl Processor {
@@ -131,7 +136,16 @@ impl Processor {
             last_ts: 0,
             current_end: 4,
             dialect: Default::default(),
+            ctx: PlanContext::default(),
+            scratch: Default::default(),
         })
+    }
+
+    /// The zone TIMESTAMP values are shown in (default UTC); applies to tables mapped from
+    /// now on.
+    pub fn set_time_zone(&mut self, zone: Zone) {
+        self.ctx.zone = Arc::new(zone);
+        self.tables.clear();
     }
 
     /// Starts reading at `pos` (after a reconnect): forgets any half-read transaction.
@@ -418,7 +432,18 @@ impl Processor {
         let tme: TableMapEvent = ev
             .read_event()
             .map_err(|e| ProcessError::Event(19, self.file.clone(), e))?;
-        let p = plan(&tme, &self.rules, &self.outboxes, self.schema.as_mut());
+        self.ctx.mariadb = ev
+            .fde()
+            .server_version_raw()
+            .windows(7)
+            .any(|w| w == b"MariaDB");
+        let p = plan(
+            &tme,
+            &self.rules,
+            &self.outboxes,
+            self.schema.as_mut(),
+            &self.ctx,
+        );
         if let Some(problem) = &p.problem {
             self.stats.schema_problems += 1;
             self.problems.push(problem.clone());
@@ -534,9 +559,18 @@ impl Processor {
             for part in tpl {
                 match part {
                     BoundPart::Lit(l) => self.key.extend_from_slice(l),
-                    BoundPart::Col(c) => match slots[*c] {
+                    BoundPart::Col(c, filters) => match slots[*c] {
                         Some((s, e)) => {
-                            if !format_value(&plan.cols[*c], &data[s..e], &mut self.key) {
+                            let v = &data[s..e];
+                            let r = append_part(
+                                &plan.text[*c],
+                                filters,
+                                v,
+                                &mut self.key,
+                                &mut self.scratch,
+                            );
+                            if let Err(e) = r {
+                                self.drop_value(plan, *c, e);
                                 ok = false;
                                 break;
                             }
@@ -555,26 +589,57 @@ impl Processor {
         if let Some(c) = plan.outbox {
             if let Some((s, e)) = slots[c] {
                 self.key.clear();
-                let col: &ColSpec = &plan.cols[c];
-                if format_value(col, &data[s..e], &mut self.key) {
-                    self.push_key(plan)?;
+                match format(&plan.text[c], &data[s..e], &mut self.key) {
+                    Ok(()) => self.push_key(plan)?,
+                    Err(e) => self.drop_value(plan, c, e),
                 }
             }
         }
         Ok(())
     }
 
+    /// A key dropped: counted by reason and table, and a problem line for the log.
+    fn dropped(&mut self, plan: &TablePlan, reason: &'static str, msg: String) {
+        self.stats.bad_keys += 1;
+        metrics::counter!(
+            "squeal_keys_dropped_total",
+            "reason" => reason,
+            "table" => format!("{}.{}", plan.db, plan.table)
+        )
+        .increment(1);
+        self.problems.push(msg);
+    }
+
+    fn drop_value(&mut self, plan: &TablePlan, col: usize, e: NoText) {
+        let name = plan
+            .names
+            .as_ref()
+            .and_then(|n| n.get(col))
+            .map_or_else(|| format!("#{col}"), |n| n.clone());
+        let msg = format!(
+            "{}.{}: column {name} gave no key text, key dropped ({}): {}",
+            plan.db, plan.table, e.reason, e.why
+        );
+        self.dropped(plan, e.reason, msg);
+    }
+
     fn push_key(&mut self, plan: &TablePlan) -> Result<(), ProcessError> {
         match marker::key::validate(&self.key) {
             Ok(()) => self.txn.insert(&self.key).map_err(ProcessError::Spill),
             Err(e) => {
-                self.stats.bad_keys += 1;
-                self.problems.push(format!(
-                    "{}.{}: key {:?} is not a legal memcache key: {e}",
+                let reason = match e {
+                    marker::key::KeyError::Empty => "empty",
+                    marker::key::KeyError::TooLong(_) => "too_long",
+                    marker::key::KeyError::BadByte(_) => "bad_byte",
+                };
+                let msg = format!(
+                    "{}.{}: key {:?} is not a legal memcache key, dropped: {e} (a template \
+                     filter such as {{col|sha1}} or {{col|hex}} makes a legal key of any value)",
                     plan.db,
                     plan.table,
-                    String::from_utf8_lossy(&self.key)
-                ));
+                    String::from_utf8_lossy(&self.key[..self.key.len().min(300)])
+                );
+                self.dropped(plan, reason, msg);
                 Ok(())
             }
         }
