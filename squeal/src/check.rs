@@ -16,7 +16,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{Config, SinkConfig};
-use crate::extract::rules::{Part, Template};
+use crate::extract::rules::Template;
 use crate::source::live;
 
 /// Where the keys of a config file are: a mirror of the parts `--check` talks about, with
@@ -210,13 +210,7 @@ fn check_sinks(r: &mut Report, cfg: &Config) {
 }
 
 fn template_columns(t: &Template) -> Vec<String> {
-    t.parts
-        .iter()
-        .filter_map(|p| match p {
-            Part::Col(c) => Some(c.clone()),
-            _ => None,
-        })
-        .collect()
+    t.columns().map(str::to_string).collect()
 }
 
 /// Types whose values cannot be a memcache key as text.

@@ -107,6 +107,11 @@ pub struct ExtractConfig {
     /// (default) or `flush` (flush_all every target through the sinks, in order).
     #[serde(default)]
     pub on_table_reset: OnTableReset,
+    /// Time zone TIMESTAMP columns are rendered in for keys: a name under
+    /// /usr/share/zoneinfo (`Europe/Berlin`), an offset (`+02:00`) or `SYSTEM`. Default: the
+    /// server's `@@time_zone`, what application sessions get unless they set their own.
+    #[serde(default)]
+    pub time_zone: Option<String>,
 }
 
 /// `[extract] on_missing_column`.
@@ -144,6 +149,7 @@ impl Default for ExtractConfig {
             max_transaction_bytes: default_txn_memory(),
             on_missing_column: OnMissingColumn::default(),
             on_table_reset: OnTableReset::default(),
+            time_zone: None,
         }
     }
 }

@@ -287,6 +287,15 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         Box::new(InfoSchema::new(live::opts(&cfg.source)?)),
     )
     .map_err(|e| anyhow::anyhow!("[extract]: {e}"))?;
+    {
+        let mut c = mysql_async::Conn::new(live::opts(&cfg.source)?)
+            .await
+            .context("connecting to the server")?;
+        let zone = live::time_zone(&mut c, cfg.extract.time_zone.as_deref()).await?;
+        tracing::info!(zone = %zone.name, "TIMESTAMP values render in this time zone");
+        processor.set_time_zone(zone);
+        let _ = c.disconnect().await;
+    }
     processor.reset_to(&start);
     let mut batcher = Batcher::new(
         cfg.batch.max_bytes,
@@ -304,7 +313,9 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let dead_after = cfg.heartbeat() * 3 + Duration::from_secs(1);
     let mut checkpointer_task = None;
     let mut out = Vec::new();
-    let mut last_log = Instant::now() - Duration::from_secs(10);
+    // Extract problems (dropped keys, schema mismatches...): 20 lines per 10 s, then a
+    // count of the rest.
+    let mut problem_log = crate::ratelimit::Limited::new(Duration::from_secs(10), 20);
     let mut last_publish = Instant::now();
     // Disconnects by the server because another replica registered our server_id.
     let mut collisions: Vec<Instant> = Vec::new();
@@ -423,20 +434,17 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                 if let Ok(mut g) = reader_pos.lock() {
                     *g = (processor.position(), processor.last_ts);
                 }
-                if !processor.problems.is_empty() {
-                    if last_log.elapsed() > Duration::from_secs(1) {
-                        for p in processor.problems.iter().take(5) {
-                            tracing::warn!(problem = %p, "extract");
-                        }
-                        if processor.problems.len() > 5 {
-                            tracing::warn!(
-                                more = processor.problems.len() - 5,
-                                "more extract problems"
-                            );
-                        }
-                        last_log = Instant::now();
+                for p in processor.problems.drain(..) {
+                    if problem_log.allow() {
+                        tracing::warn!(problem = %p, "extract");
                     }
-                    processor.problems.clear();
+                }
+                if let Some((n, over)) = problem_log.summary(false) {
+                    tracing::warn!(
+                        suppressed = n,
+                        "extract problems: {}",
+                        crate::ratelimit::suppressed_text(n, over)
+                    );
                 }
             }
         };
@@ -454,8 +462,17 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         }
     };
     crate::metrics::publish(&processor.stats, &mut prev);
-    for p in processor.problems.drain(..).take(5) {
-        tracing::warn!(problem = %p, "extract");
+    for p in processor.problems.drain(..) {
+        if problem_log.allow() {
+            tracing::warn!(problem = %p, "extract");
+        }
+    }
+    if let Some((n, over)) = problem_log.summary(true) {
+        tracing::warn!(
+            suppressed = n,
+            "extract problems: {}",
+            crate::ratelimit::suppressed_text(n, over)
+        );
     }
     // Deliver what is batched, then the final checkpoint.
     let _ = batcher.flush().await;

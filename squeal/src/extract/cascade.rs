@@ -41,11 +41,11 @@ fn on_parent(t: &Template, c: &Cascade) -> Option<Vec<Part>> {
     t.parts
         .iter()
         .map(|p| match p {
-            Part::Col(name) => c
+            Part::Col(name, filters) => c
                 .child_columns
                 .iter()
                 .position(|cc| cc.eq_ignore_ascii_case(name))
-                .map(|i| Part::Col(c.parent_columns[i].to_ascii_lowercase())),
+                .map(|i| Part::Col(c.parent_columns[i].to_ascii_lowercase(), filters.clone())),
             other => Some(other.clone()),
         })
         .collect()
@@ -55,7 +55,7 @@ fn lowered(t: &Template) -> Vec<Part> {
     t.parts
         .iter()
         .map(|p| match p {
-            Part::Col(name) => Part::Col(name.to_ascii_lowercase()),
+            Part::Col(name, filters) => Part::Col(name.to_ascii_lowercase(), filters.clone()),
             other => other.clone(),
         })
         .collect()

@@ -204,6 +204,30 @@ pub async fn check_server(conn: &mut Conn, cfg: &SourceConfig) -> anyhow::Result
     })
 }
 
+/// The zone TIMESTAMP values are shown in: `configured` (`[extract] time_zone`), else the
+/// server's `@@time_zone` (its `@@system_time_zone` when that is `SYSTEM`), as the
+/// application's sessions see them by default.
+pub async fn time_zone(
+    conn: &mut Conn,
+    configured: Option<&str>,
+) -> anyhow::Result<super::text::Zone> {
+    let row: Option<(String, String)> = conn
+        .query_first("SELECT @@time_zone, @@system_time_zone")
+        .await
+        .context("reading the server's time zone")?;
+    let (tz, system) = row.context("time zone query returned nothing")?;
+    let name = configured.unwrap_or(&tz);
+    super::text::Zone::resolve(name, &system, std::path::Path::new("/usr/share/zoneinfo")).map_err(
+        |e| {
+            anyhow::anyhow!(
+                "TIMESTAMP time zone: {e}. Set [extract] time_zone to a zone name in \
+                 /usr/share/zoneinfo or an offset such as \"+00:00\" (the server has \
+                 @@time_zone={tz}, @@system_time_zone={system})"
+            )
+        },
+    )
+}
+
 /// `SHOW MASTER STATUS`.
 pub async fn server_position(conn: &mut Conn) -> anyhow::Result<Position> {
     let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await?;
@@ -277,9 +301,10 @@ impl InfoSchema {
             self.conn = Some(Conn::new(self.opts.clone()).await?);
         }
         let conn = self.conn.as_mut().expect("connected");
-        let rows: Vec<(String, String)> = conn
+        let rows: Vec<(String, String, String, Option<String>)> = conn
             .exec(
-                "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, COLUMN_TYPE, DATA_TYPE, CHARACTER_SET_NAME \
+                 FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (db, table),
             )
@@ -289,16 +314,14 @@ impl InfoSchema {
         }
         Ok(Some(
             rows.into_iter()
-                .map(|(name, ty)| {
-                    let ty = ty.to_ascii_lowercase();
+                .map(|(name, ty, data_type, charset)| {
+                    let lower = ty.to_ascii_lowercase();
                     ColumnInfo {
                         name,
-                        unsigned: ty.contains("unsigned"),
-                        data_type: ty
-                            .split(|c: char| !c.is_ascii_alphanumeric())
-                            .next()
-                            .unwrap_or("")
-                            .to_string(),
+                        unsigned: lower.contains("unsigned"),
+                        data_type: data_type.to_ascii_lowercase(),
+                        column_type: ty,
+                        charset,
                     }
                 })
                 .collect(),

@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mysql_common::binlog::consts::EventType;
+use mysql_common::binlog::consts::{EventType, StatusVarKey};
 use mysql_common::binlog::events::{
-    Event, GtidEvent as MyGtidEvent, QueryEvent, RotateEvent, RowsQueryEvent, TableMapEvent,
+    Event, GtidEvent as MyGtidEvent, QueryEvent, RotateEvent, RowsQueryEvent, StatusVarVal,
+    TableMapEvent,
 };
 
-use super::decode::{format_value, lenenc, read_image, ColSpec};
+use super::decode::{lenenc, read_image};
 use super::mariadb;
-use super::schema::{plan, SchemaLookup, TablePlan};
+use super::schema::{plan, PlanContext, SchemaLookup, TablePlan};
+use super::text::{append_part, format, NoText, Zone};
 use crate::config::{ExtractConfig, OnMissingColumn, OnTableReset};
 use crate::extract::rules::{BoundPart, Rule};
 use crate::extract::transaction::TxnKeys;
@@ -114,6 +116,13 @@ pub struct Processor {
     /// Server timestamp of the last event (seconds since the epoch).
     pub last_ts: u32,
     current_end: u64,
+    /// Quoting rules of the session that wrote the current statements (its `sql_mode`, as
+    /// the last Query event recorded it): where annotation comments can be.
+    dialect: marker::annotation::Dialect,
+    /// Time zone and server flavour for table plans.
+    ctx: PlanContext,
+    /// Scratch buffers for filtered placeholders.
+    scratch: (Vec<u8>, Vec<u8>),
 }
 
 impl Processor {
@@ -150,7 +159,17 @@ impl Processor {
             problems: Vec::new(),
             last_ts: 0,
             current_end: 4,
+            dialect: Default::default(),
+            ctx: PlanContext::default(),
+            scratch: Default::default(),
         })
+    }
+
+    /// The zone TIMESTAMP values are shown in (default UTC); applies to tables mapped from
+    /// now on.
+    pub fn set_time_zone(&mut self, zone: Zone) {
+        self.ctx.zone = Arc::new(zone);
+        self.tables.clear();
     }
 
     /// Starts reading at `pos` (after a reconnect): forgets any half-read transaction.
@@ -226,7 +245,7 @@ impl Processor {
         if !self.annotations {
             return Ok(());
         }
-        for r in marker::annotation::parse(text) {
+        for r in marker::annotation::parse_with(text, self.dialect) {
             match r {
                 Ok(k) => self.annot.insert(&k).map_err(ProcessError::Spill)?,
                 Err(e) => {
@@ -298,6 +317,11 @@ impl Processor {
             }
             x if x == EventType::QUERY_EVENT as u8 => {
                 let q: QueryEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
+                if let Some(v) = q.status_vars().get_status_var(StatusVarKey::SqlMode) {
+                    if let Ok(StatusVarVal::SqlMode(m)) = v.get_value() {
+                        self.dialect = marker::annotation::Dialect::from_sql_mode(m.0);
+                    }
+                }
                 self.table_resets(q.query_raw(), &q.schema())?;
                 self.query(q.query_raw(), out)?;
             }
@@ -482,7 +506,18 @@ impl Processor {
         let tme: TableMapEvent = ev
             .read_event()
             .map_err(|e| ProcessError::Event(19, self.file.clone(), e))?;
-        let p = plan(&tme, &self.rules, &self.outboxes, self.schema.as_mut());
+        self.ctx.mariadb = ev
+            .fde()
+            .server_version_raw()
+            .windows(7)
+            .any(|w| w == b"MariaDB");
+        let p = plan(
+            &tme,
+            &self.rules,
+            &self.outboxes,
+            self.schema.as_mut(),
+            &self.ctx,
+        );
         if let Some(problem) = &p.problem {
             self.stats.schema_problems += 1;
             self.problems.push(problem.clone());
@@ -614,7 +649,7 @@ impl Processor {
             .iter()
             .flatten()
             .filter_map(|p| match p {
-                BoundPart::Col(c) => Some(*c),
+                BoundPart::Col(c, _) => Some(*c),
                 _ => None,
             })
             .chain(plan.outbox);
@@ -680,9 +715,18 @@ impl Processor {
             for part in tpl {
                 match part {
                     BoundPart::Lit(l) => self.key.extend_from_slice(l),
-                    BoundPart::Col(c) => match slots[*c] {
+                    BoundPart::Col(c, filters) => match slots[*c] {
                         Some((s, e)) => {
-                            if !format_value(&plan.cols[*c], &data[s..e], &mut self.key) {
+                            let v = &data[s..e];
+                            let r = append_part(
+                                &plan.text[*c],
+                                filters,
+                                v,
+                                &mut self.key,
+                                &mut self.scratch,
+                            );
+                            if let Err(e) = r {
+                                self.drop_value(plan, *c, e);
                                 ok = false;
                                 break;
                             }
@@ -701,26 +745,57 @@ impl Processor {
         if let Some(c) = plan.outbox {
             if let Some((s, e)) = slots[c] {
                 self.key.clear();
-                let col: &ColSpec = &plan.cols[c];
-                if format_value(col, &data[s..e], &mut self.key) {
-                    self.push_key(plan)?;
+                match format(&plan.text[c], &data[s..e], &mut self.key) {
+                    Ok(()) => self.push_key(plan)?,
+                    Err(e) => self.drop_value(plan, c, e),
                 }
             }
         }
         Ok(())
     }
 
+    /// A key dropped: counted by reason and table, and a problem line for the log.
+    fn dropped(&mut self, plan: &TablePlan, reason: &'static str, msg: String) {
+        self.stats.bad_keys += 1;
+        metrics::counter!(
+            "squeal_keys_dropped_total",
+            "reason" => reason,
+            "table" => format!("{}.{}", plan.db, plan.table)
+        )
+        .increment(1);
+        self.problems.push(msg);
+    }
+
+    fn drop_value(&mut self, plan: &TablePlan, col: usize, e: NoText) {
+        let name = plan
+            .names
+            .as_ref()
+            .and_then(|n| n.get(col))
+            .map_or_else(|| format!("#{col}"), |n| n.clone());
+        let msg = format!(
+            "{}.{}: column {name} gave no key text, key dropped ({}): {}",
+            plan.db, plan.table, e.reason, e.why
+        );
+        self.dropped(plan, e.reason, msg);
+    }
+
     fn push_key(&mut self, plan: &TablePlan) -> Result<(), ProcessError> {
         match marker::key::validate(&self.key) {
             Ok(()) => self.txn.insert(&self.key).map_err(ProcessError::Spill),
             Err(e) => {
-                self.stats.bad_keys += 1;
-                self.problems.push(format!(
-                    "{}.{}: key {:?} is not a legal memcache key: {e}",
+                let reason = match e {
+                    marker::key::KeyError::Empty => "empty",
+                    marker::key::KeyError::TooLong(_) => "too_long",
+                    marker::key::KeyError::BadByte(_) => "bad_byte",
+                };
+                let msg = format!(
+                    "{}.{}: key {:?} is not a legal memcache key, dropped: {e} (a template \
+                     filter such as {{col|sha1}} or {{col|hex}} makes a legal key of any value)",
                     plan.db,
                     plan.table,
-                    String::from_utf8_lossy(&self.key)
-                ));
+                    String::from_utf8_lossy(&self.key[..self.key.len().min(300)])
+                );
+                self.dropped(plan, reason, msg);
                 Ok(())
             }
         }
