@@ -113,12 +113,16 @@ pub async fn check(path: &Path, text: &str, cfg: &Config) -> Report {
     };
     check_sinks(&mut r, cfg);
     let addr = live::address(&cfg.source);
+    // Err((refused, why)): refused is true when the server answered and said no (bad
+    // password, unknown user): a problem with the config, not "offline".
     let conn = match live::opts(&cfg.source) {
         Ok(o) => tokio::time::timeout(Duration::from_secs(5), mysql_async::Conn::new(o))
             .await
-            .map_err(|_| "timed out".to_string())
-            .and_then(|c| c.map_err(|e| e.to_string())),
-        Err(e) => Err(format!("{e:#}")),
+            .map_err(|_| (false, "timed out".to_string()))
+            .and_then(|c| {
+                c.map_err(|e| (matches!(e, mysql_async::Error::Server(_)), e.to_string()))
+            }),
+        Err(e) => Err((true, format!("{e:#}"))),
     };
     match conn {
         Ok(mut c) => {
@@ -130,7 +134,14 @@ pub async fn check(path: &Path, text: &str, cfg: &Config) -> Report {
             }
             let _ = c.disconnect().await;
         }
-        Err(e) => r.notes.push(format!(
+        Err((true, e)) => {
+            let sp = r.source_span("url");
+            r.problem(
+                sp,
+                format!("the server at {addr} refused the connection: {e}"),
+            );
+        }
+        Err((false, e)) => r.notes.push(format!(
             "could not reach the server at {addr} ({e}); NOT checked: log_bin, binlog_format, \
              binlog_row_image, binlog_row_metadata, the user's grants, server_id against the \
              server and its replicas, and that every rule's database, table and columns exist"

@@ -480,6 +480,11 @@ async fn check_against_the_live_server() -> Result<()> {
             "url = ",
             "REPLICATION SLAVE",
         ),
+        (
+            base.replace("mysql://root@", "mysql://weak:wrong@"),
+            "url = ",
+            "refused the connection",
+        ),
     ];
     for (cfg, line_needle, msg) in &cases {
         let (ok, out) = check(cfg)?;
@@ -614,5 +619,65 @@ async fn first_start_killed_before_its_first_ack_redelivers() -> Result<()> {
         .await?;
     squeal.restart()?;
     wait_gone(&mc, &["user:2", "user_by_email:b@x"], &squeal)?;
+    Ok(())
+}
+
+/// The flush travels in order with the batches: with a debug sink beside the memcache
+/// sink, every delete committed before the TRUNCATE is printed before `flush_all`, and every
+/// delete committed after it comes after (the dispatcher holds later batches until every
+/// sink acknowledged the flush).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_reset_flush_is_ordered_with_the_batches() -> Result<()> {
+    let db = db(&[]).await?;
+    let mc = Memcached::start()?;
+    let dir = tempfile::tempdir()?;
+    let cp = dir.path().join("checkpoint.toml");
+    let extra =
+        format!("[extract]\non_table_reset = \"flush\"\n{USERS}\n[[sink]]\ntype = \"debug\"\n");
+    let squeal = Squeal::start(&config(&db.url(), &[mc.addr()], &cp, &extra))?;
+    let mut conn = db.conn().await?;
+    for i in 100..120 {
+        conn.exec_drop(
+            "INSERT INTO app.users VALUES (?, ?, 'x')",
+            (i, format!("{i}@x")),
+        )
+        .await?;
+    }
+    conn.query_drop("TRUNCATE TABLE app.users").await?;
+    for i in 200..220 {
+        conn.exec_drop(
+            "INSERT INTO app.users VALUES (?, ?, 'x')",
+            (i, format!("{i}@x")),
+        )
+        .await?;
+    }
+    drop(conn);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let log = loop {
+        let log = std::fs::read_to_string(&squeal.server.log)?;
+        if log.contains("delete user:219\n") {
+            break log;
+        }
+        assert!(Instant::now() < deadline, "not all delivered:\n{log}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let at = |needle: &str| {
+        log.find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} not printed:\n{log}"))
+    };
+    let flush = at("flush_all\n");
+    for i in 100..120 {
+        assert!(
+            at(&format!("delete user:{i}\n")) < flush,
+            "user:{i} after the flush"
+        );
+    }
+    for i in 200..220 {
+        assert!(
+            at(&format!("delete user:{i}\n")) > flush,
+            "user:{i} before the flush"
+        );
+    }
+    assert_eq!(log.matches("flush_all\n").count(), 1, "{log}");
     Ok(())
 }
