@@ -681,3 +681,36 @@ async fn table_reset_flush_is_ordered_with_the_batches() -> Result<()> {
     assert_eq!(log.matches("flush_all\n").count(), 1, "{log}");
     Ok(())
 }
+
+/// `binlog_row_metadata=MINIMAL` is refused at start and by `--check` (saying why and how
+/// to opt in) unless `[source] allow_minimal_metadata = true`; `--check` warns about a row
+/// image other than FULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minimal_metadata_is_refused_unless_allowed() -> Result<()> {
+    let db = db(&["--binlog-row-metadata=MINIMAL", "--binlog-row-image=NOBLOB"]).await?;
+    let dir = tempfile::tempdir()?;
+    let cp = dir.path().join("checkpoint.toml");
+    let cfg = config(&db.url(), &["127.0.0.1:11211".into()], &cp, USERS);
+    let (ok, out) = run_squeal(dir.path(), &cfg, &[], Duration::from_secs(30))?;
+    assert!(
+        !ok && out.contains("binlog_row_metadata is MINIMAL")
+            && out.contains("ALTER racing an UPDATE")
+            && out.contains("allow_minimal_metadata = true"),
+        "{out}"
+    );
+    let (ok, out) = run_squeal(dir.path(), &cfg, &["--check"], Duration::from_secs(30))?;
+    assert!(
+        !ok && out.contains("binlog_row_metadata is MINIMAL"),
+        "{out}"
+    );
+    let allowed = cfg.replace(
+        "server_id = 777",
+        "server_id = 777\nallow_minimal_metadata = true",
+    );
+    let (ok, out) = run_squeal(dir.path(), &allowed, &["--check"], Duration::from_secs(30))?;
+    assert!(
+        ok && out.contains("warning: the server's binlog_row_image is NOBLOB"),
+        "{out}"
+    );
+    Ok(())
+}
