@@ -160,6 +160,12 @@ async fn session_minimal_row_image_stops_squeal() -> Result<()> {
     db.exec("UPDATE app.users SET name = 'AA' WHERE id = 1")
         .await?;
     wait_gone(&mc, &["user:1", "user_by_email:a@x"], &squeal)?;
+    // A NULL column is in the image (as NULL): not missing, no key for that template.
+    cache(&mc, &["user:4"])?;
+    db.exec("INSERT INTO app.users VALUES (4, NULL, 'D')")
+        .await?;
+    wait_gone(&mc, &["user:4"], &squeal)?;
+    squeal.server.check_alive()?;
     squeal.wait_metric(
         "squeal_checkpoint_writes_total",
         1.0,
@@ -292,7 +298,12 @@ async fn table_resets_stop_or_flush() -> Result<()> {
             "RENAME TABLE of app.users",
         ),
         (
-            "/* cleanup */ DROP TABLE IF EXISTS `app`.`users`, app.users_old",
+            "ALTER TABLE users ADD COLUMN extra INT, RENAME TO users_alt",
+            "ALTER TABLE ... RENAME of app.users",
+        ),
+        (
+            "CREATE TABLE users LIKE users_alt; \
+             /* cleanup */ DROP TABLE IF EXISTS `app`.`users`, app.users_old",
             "DROP TABLE of app.users",
         ),
     ];
