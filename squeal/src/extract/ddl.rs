@@ -273,6 +273,25 @@ pub fn reset_tables(sql: &[u8], default_db: &str) -> Vec<Reset> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes (the binlog carries what clients sent): an answer, never a panic.
+        #[test]
+        fn never_panics(sql in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = reset_tables(&sql, "d");
+        }
+
+        /// Statements built from the pieces the parser knows still never panic and a
+        /// TRUNCATE of a plain name is always found.
+        #[test]
+        fn truncate_is_found_after_any_comment(c in "[a-z /*!#\n-]{0,20}", t in "[a-z]{1,8}") {
+            let sql = format!("/* {} */ TRUNCATE TABLE `{t}`", c.replace("*/", ""));
+            let r = reset_tables(sql.as_bytes(), "d");
+            prop_assert_eq!(r.len(), 1);
+            prop_assert_eq!(&r[0].table, &t);
+        }
+    }
 
     fn names(sql: &str, db: &str) -> Vec<String> {
         reset_tables(sql.as_bytes(), db)
