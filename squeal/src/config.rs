@@ -97,6 +97,13 @@ pub struct ExtractConfig {
     /// server's `@@time_zone`, what application sessions get unless they set their own.
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// The `sql_mode` of the sessions that write annotated statements, for the quoting rules
+    /// that decide where a string literal ends (only `NO_BACKSLASH_ESCAPES` and
+    /// `ANSI_QUOTES`/`ANSI` matter). Used where the binlog does not record the session's
+    /// mode: MariaDB transactions carry none; MySQL's `BEGIN` and every statement event do,
+    /// and win. Default: the server default (backslash escapes on).
+    #[serde(default)]
+    pub annotation_sql_mode: String,
 }
 
 fn yes() -> bool {
@@ -115,6 +122,7 @@ impl Default for ExtractConfig {
             outboxes: Vec::new(),
             max_transaction_bytes: default_txn_memory(),
             time_zone: None,
+            annotation_sql_mode: String::new(),
         }
     }
 }

@@ -300,3 +300,102 @@ async fn every_type(db_args: &[&str]) -> Result<()> {
     );
     Ok(())
 }
+
+fn cache(mc: &Memcached, keys: &[&str]) -> Result<()> {
+    let mut c = McClient::connect(&mc.addr())?;
+    for k in keys {
+        c.set(k, b"cached")?;
+    }
+    Ok(())
+}
+
+/// Waits until every key of `gone` is deleted, then checks every key of `kept` is cached.
+fn expect(mc: &Memcached, gone: &[&str], kept: &[&str], squeal: &Squeal) -> Result<()> {
+    let mut c = McClient::connect(&mc.addr())?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let present: Vec<&str> = gone
+            .iter()
+            .copied()
+            .filter(|k| c.get(k).ok().flatten().is_some())
+            .collect();
+        if present.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "keys still cached: {present:?}; squeal log:\n{}",
+            squeal.server.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for k in kept {
+        assert!(
+            c.get(k)?.is_some(),
+            "{k} was deleted: a data value made a key"
+        );
+    }
+    Ok(())
+}
+
+/// Data values that look like annotations never delete anything, whatever the quoting
+/// (text SQL with either escape style, double quotes, quoted identifiers, line comments,
+/// server-side prepared statements); an annotation after any literal is always found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn annotations_inside_literals_never_delete_and_after_literals_always_do() -> Result<()> {
+    let db = MariaDb::start().await?;
+    db.exec(
+        "CREATE DATABASE app; CREATE TABLE app.users (id INT PRIMARY KEY, \
+         email VARCHAR(100), name VARCHAR(200)); INSERT INTO app.users VALUES (1, 'a', 'b')",
+    )
+    .await?;
+    let mc = Memcached::start()?;
+    let dir = tempfile::tempdir()?;
+    let rules = "[[extract.rule]]\ndatabase = \"app\"\ntable = \"users\"\nkeys = [\"user:{id}\"]\n";
+    let cfg = config(&db.url(), &[mc.addr()], &dir.path().join("cp.toml"), rules);
+    let squeal = Squeal::start(&cfg)?;
+    let victims = [
+        "victim:1", "victim:2", "victim:3", "victim:4", "victim:5", "victim:6", "victim:7",
+        "victim:8",
+    ];
+    let found = [
+        "user:77", "after:1", "after:2", "after:3", "after:4", "after:5",
+    ];
+    let mut all: Vec<&str> = victims.to_vec();
+    all.extend(found);
+    cache(&mc, &all)?;
+
+    let mut conn = db.conn().await?;
+    for sql in [
+        // The issue's two cases.
+        "UPDATE app.users SET name='/* squeal:inv victim:1 */' WHERE id=1",
+        "UPDATE app.users SET name='x/*y' WHERE id=1 /* squeal:inv user:77 */",
+        // Backslash-escaped and doubled quotes inside the literal.
+        r"UPDATE app.users SET name='it\'s /* squeal:inv victim:3 */' WHERE id=1",
+        "UPDATE app.users SET name='it''s /* squeal:inv victim:8 */' WHERE id=1",
+        r#"UPDATE app.users SET name="dq \" /* squeal:inv victim:4 */" WHERE id=1"#,
+        "UPDATE app.users AS `/* squeal:inv victim:5 */` SET name='q' WHERE id=1",
+        "UPDATE app.users SET name='lc' WHERE id=1 -- /* squeal:inv victim:6 */",
+        // Annotations after literals that end in escapes or hold comment openers.
+        r"UPDATE app.users SET name='a\\' WHERE id=1 /* squeal:inv after:1 */",
+        "UPDATE app.users SET name='q''/*', email='*/' WHERE id=1 /* squeal:inv after:2 */",
+        "UPDATE app.users SET name=\"/*\" WHERE id=1 /* squeal:inv after:3 */",
+        "UPDATE app.users SET name='#', email='-- ' WHERE id=1 /* squeal:inv after:4 */",
+    ] {
+        conn.query_drop(sql).await?;
+    }
+    // A server-side prepared statement: the binlog holds the statement with the value
+    // quoted by the server.
+    conn.exec_drop(
+        "UPDATE app.users SET name=? WHERE id=1",
+        ("it's \\ \"x\" /* squeal:inv victim:2 */ '/* squeal:inv victim:7 */",),
+    )
+    .await?;
+    conn.exec_drop(
+        "UPDATE app.users SET name=? WHERE id=1 /* squeal:inv after:5 */",
+        ("'/*\\",),
+    )
+    .await?;
+    expect(&mc, &found, &victims, &squeal)?;
+    Ok(())
+}
