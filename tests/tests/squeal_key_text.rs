@@ -186,7 +186,7 @@ async fn every_type(db_args: &[&str]) -> Result<()> {
     }
     // Filters chain; a plain (unfiltered) placeholder; a type with no key text.
     rules.push_str(
-        "  \"sha:{id}:{vc|lower|sha1}\",\n  \"plain:{id}:{i}:{dt}\",\n  \"geo:{id}:{g|hex}\",\n]\n",
+        "  \"sha:{id}:{vc|lower|sha1}\",\n  \"plain:{id}:{i}:{dt}\",\n  \"geo:{id}:{g|hex}\",\n  \"raw:{id}:{vc}\",\n]\n",
     );
     rules.push_str("\n[[sink]]\ntype = \"debug\"\n");
     let mc = Memcached::start()?;
@@ -284,6 +284,24 @@ async fn every_type(db_args: &[&str]) -> Result<()> {
     );
     // No placeholder form: integers and dates are legal keys as they are.
     assert!(keys.contains("plain:4:-4:2024-01-31"), "{keys:?}");
+    // Illegal keys (a space in the unfiltered value) are counted drops, by reason and table.
+    let vc = COLUMNS.iter().position(|c| c.0 == "vc").unwrap() + 1;
+    let with_space = rows
+        .iter()
+        .filter(|r| {
+            matches!(r.as_ref(vc), Some(mysql_async::Value::Bytes(b)) if b.iter().any(|&c| c <= b' '))
+        })
+        .count();
+    assert!(with_space >= 2);
+    assert!(!keys
+        .iter()
+        .any(|k| k.starts_with("raw:") && k.contains(' ')));
+    let m = squeal.metrics_text()?;
+    let bad = harness::prometheus::sample(
+        &m,
+        "squeal_keys_dropped_total{reason=\"bad_byte\",table=\"app.types\"}",
+    );
+    assert_eq!(bad, Some(with_space as f64), "{m}");
     // Geometry: no key, counted by reason and table, and said in the log.
     assert!(!keys.iter().any(|k| k.starts_with("geo:")));
     let m = squeal.metrics_text()?;
