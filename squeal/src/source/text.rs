@@ -1111,6 +1111,33 @@ mod tests {
         assert_eq!(d(-1e14), "-100000000000000");
     }
 
+    /// A MySQL binary JSON array built by hand: `[1.0, "a\"\n é", true, -5]`.
+    #[test]
+    fn binary_json_doubles_escapes_and_inline_values() {
+        let mut v = vec![0x02u8]; // small array
+        v.extend_from_slice(&4u16.to_le_bytes());
+        v.extend_from_slice(&31u16.to_le_bytes());
+        v.extend_from_slice(&[0x0b, 16, 0]); // double at 16
+        v.extend_from_slice(&[0x0c, 24, 0]); // string at 24
+        v.extend_from_slice(&[0x04, 1, 0]); // literal true, inline
+        v.extend_from_slice(&[0x05]); // int16 -5, inline
+        v.extend_from_slice(&(-5i16).to_le_bytes());
+        v.extend_from_slice(&1.0f64.to_le_bytes());
+        let s = "a\"\n é".as_bytes();
+        v.push(s.len() as u8);
+        v.extend_from_slice(s);
+        let mut o = Vec::new();
+        format(&TextForm::Json, &v, &mut o).unwrap();
+        assert_eq!(
+            String::from_utf8(o).unwrap(),
+            r#"[1.0, "a\"\n é", true, -5]"#
+        );
+        // Damaged: an error, never a panic.
+        let mut o = Vec::new();
+        assert!(format(&TextForm::Json, &v[..20], &mut o).is_err());
+        assert!(o.is_empty());
+    }
+
     #[test]
     fn inet6_as_mariadb_prints_it() {
         let p = |s: &str| {
