@@ -112,6 +112,13 @@ pub struct ExtractConfig {
     /// server's `@@time_zone`, what application sessions get unless they set their own.
     #[serde(default)]
     pub time_zone: Option<String>,
+    /// The `sql_mode` of the sessions that write annotated statements, for the quoting rules
+    /// that decide where a string literal ends (only `NO_BACKSLASH_ESCAPES` and
+    /// `ANSI_QUOTES`/`ANSI` matter). Used where the binlog does not record the session's
+    /// mode: MariaDB transactions carry none; MySQL's `BEGIN` and every statement event do,
+    /// and win. Default: the server default (backslash escapes on).
+    #[serde(default)]
+    pub annotation_sql_mode: String,
 }
 
 /// `[extract] on_missing_column`.
@@ -150,6 +157,7 @@ impl Default for ExtractConfig {
             on_missing_column: OnMissingColumn::default(),
             on_table_reset: OnTableReset::default(),
             time_zone: None,
+            annotation_sql_mode: String::new(),
         }
     }
 }

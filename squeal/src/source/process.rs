@@ -119,6 +119,9 @@ pub struct Processor {
     /// Quoting rules of the session that wrote the current statements (its `sql_mode`, as
     /// the last Query event recorded it): where annotation comments can be.
     dialect: marker::annotation::Dialect,
+    /// The dialect of transactions whose events do not say (`[extract]
+    /// annotation_sql_mode`).
+    default_dialect: marker::annotation::Dialect,
     /// Time zone and server flavour for table plans.
     ctx: PlanContext,
     /// Scratch buffers for filtered placeholders.
@@ -159,7 +162,8 @@ impl Processor {
             problems: Vec::new(),
             last_ts: 0,
             current_end: 4,
-            dialect: Default::default(),
+            dialect: dialect_of(&cfg.annotation_sql_mode),
+            default_dialect: dialect_of(&cfg.annotation_sql_mode),
             ctx: PlanContext::default(),
             scratch: Default::default(),
         })
@@ -195,6 +199,7 @@ impl Processor {
 
     fn abort_txn(&mut self) {
         self.flush_pending = false;
+        self.dialect = self.default_dialect;
         self.txn.clear();
         self.annot.clear();
         self.in_txn = false;
@@ -238,6 +243,8 @@ impl Processor {
         });
         self.in_txn = false;
         self.annot_allowed = self.annotation_dbs.is_empty();
+        // The next transaction's session may quote differently.
+        self.dialect = self.default_dialect;
         Ok(())
     }
 
@@ -805,6 +812,16 @@ impl Processor {
 impl TablePlan {
     fn annotation_match(&self, dbs: &[String]) -> bool {
         dbs.is_empty() || dbs.contains(&self.db)
+    }
+}
+
+/// The quoting rules of a `sql_mode` setting such as `"ANSI_QUOTES,NO_BACKSLASH_ESCAPES"`.
+fn dialect_of(mode: &str) -> marker::annotation::Dialect {
+    let m = mode.to_ascii_uppercase();
+    let has = |f: &str| m.split(',').any(|x| x.trim() == f);
+    marker::annotation::Dialect {
+        backslash_escapes: !has("NO_BACKSLASH_ESCAPES"),
+        ansi_quotes: has("ANSI_QUOTES") || has("ANSI"),
     }
 }
 

@@ -273,6 +273,8 @@ pub enum TextForm {
     /// CHAR/VARCHAR/TEXT (and MariaDB's JSON, a LONGTEXT): transcoded to UTF-8. Binary
     /// strings and BLOBs are [`Charset::Binary`].
     Text(Charset),
+    /// BINARY(n): the bytes padded with 0x00 to n (the row image drops trailing zeros).
+    BinaryChar(u16),
     /// BIT(n): the raw big-endian bytes, as the server sends them.
     Bit,
     /// ENUM: the label of the index (index 0, the error value, is the empty string).
@@ -358,6 +360,9 @@ impl TextForm {
             ty::STRING if dt == "inet6" => TextForm::Inet6,
             ty::STRING if dt == "inet4" => TextForm::Inet4,
             ty::STRING | ty::VARCHAR | ty::VAR_STRING | ty::BLOB => match info.charset {
+                CharsetInfo::Known(Charset::Binary) if real == ty::STRING => {
+                    TextForm::BinaryChar(char_len(col))
+                }
                 CharsetInfo::Known(c) => TextForm::Text(c),
                 CharsetInfo::Unknown(ref name) => unsupported(
                     "charset",
@@ -390,6 +395,25 @@ impl TextForm {
             _ => None,
         }
     }
+}
+
+/// Declared length in bytes of a CHAR/BINARY column (two of its bits live in the type byte).
+fn char_len(col: &ColSpec) -> u16 {
+    let t = col.meta[0] as u16;
+    col.meta[1] as u16 | (((t & 0x30) ^ 0x30) << 4)
+}
+
+/// A fixed-size binary value padded back to its size (row images drop trailing 0x00).
+fn padded<const N: usize>(v: &[u8]) -> Result<[u8; N], NoText> {
+    if v.len() > N {
+        return Err(NoText {
+            reason: "decode",
+            why: format!("value of {} bytes, expected at most {N}", v.len()),
+        });
+    }
+    let mut b = [0u8; N];
+    b[..v.len()].copy_from_slice(v);
+    Ok(b)
 }
 
 /// What a column's metadata says beyond its binlog type.
@@ -473,6 +497,13 @@ pub fn format(form: &TextForm, v: &[u8], out: &mut Vec<u8>) -> Result<(), NoText
             }
         }
         TextForm::Text(c) => c.transcode(v, out),
+        TextForm::BinaryChar(n) => {
+            out.extend_from_slice(v);
+            let n = *n as usize;
+            if v.len() < n {
+                out.extend(std::iter::repeat_n(0u8, n - v.len()));
+            }
+        }
         TextForm::Bit => out.extend_from_slice(v),
         TextForm::Float { dec } => {
             short(4, v)?;
@@ -633,9 +664,9 @@ pub fn format(form: &TextForm, v: &[u8], out: &mut Vec<u8>) -> Result<(), NoText
         }
         TextForm::Json => json(v, out)?,
         TextForm::Uuid => {
-            short(16, v)?;
+            let v = padded::<16>(v)?;
             const HEX: &[u8; 16] = b"0123456789abcdef";
-            for (i, b) in v[..16].iter().enumerate() {
+            for (i, b) in v.iter().enumerate() {
                 if matches!(i, 4 | 6 | 8 | 10) {
                     out.push(b'-');
                 }
@@ -643,12 +674,9 @@ pub fn format(form: &TextForm, v: &[u8], out: &mut Vec<u8>) -> Result<(), NoText
                 out.push(HEX[(b & 15) as usize]);
             }
         }
-        TextForm::Inet6 => {
-            short(16, v)?;
-            inet6(v[..16].try_into().expect("16"), out);
-        }
+        TextForm::Inet6 => inet6(&padded::<16>(v)?, out),
         TextForm::Inet4 => {
-            short(4, v)?;
+            let v = padded::<4>(v)?;
             let s = format!("{}.{}.{}.{}", v[0], v[1], v[2], v[3]);
             out.extend_from_slice(s.as_bytes());
         }
@@ -1081,6 +1109,33 @@ mod tests {
         assert_eq!(d(123456789012345678.0), "1.2345678901234568e17");
         assert_eq!(d(0.12345678901234568), "0.12345678901234568");
         assert_eq!(d(-1e14), "-100000000000000");
+    }
+
+    /// A MySQL binary JSON array built by hand: `[1.0, "a\"\n é", true, -5]`.
+    #[test]
+    fn binary_json_doubles_escapes_and_inline_values() {
+        let mut v = vec![0x02u8]; // small array
+        v.extend_from_slice(&4u16.to_le_bytes());
+        v.extend_from_slice(&31u16.to_le_bytes());
+        v.extend_from_slice(&[0x0b, 16, 0]); // double at 16
+        v.extend_from_slice(&[0x0c, 24, 0]); // string at 24
+        v.extend_from_slice(&[0x04, 1, 0]); // literal true, inline
+        v.extend_from_slice(&[0x05]); // int16 -5, inline
+        v.extend_from_slice(&(-5i16).to_le_bytes());
+        v.extend_from_slice(&1.0f64.to_le_bytes());
+        let s = "a\"\n é".as_bytes();
+        v.push(s.len() as u8);
+        v.extend_from_slice(s);
+        let mut o = Vec::new();
+        format(&TextForm::Json, &v, &mut o).unwrap();
+        assert_eq!(
+            String::from_utf8(o).unwrap(),
+            r#"[1.0, "a\"\n é", true, -5]"#
+        );
+        // Damaged: an error, never a panic.
+        let mut o = Vec::new();
+        assert!(format(&TextForm::Json, &v[..20], &mut o).is_err());
+        assert!(o.is_empty());
     }
 
     #[test]
