@@ -150,6 +150,29 @@ pub async fn check(path: &Path, text: &str, cfg: &Config) -> Report {
     r
 }
 
+/// The batch secret of a router or Kafka sink: neither `secret` nor `secret_file` (or both)
+/// is a problem; a `secret_file` this host cannot read is a warning (`--check` may run
+/// elsewhere than squeal, e.g. in CI), since squeal itself would refuse to start.
+fn check_secret(r: &mut Report, i: usize, auth: &crate::config::AuthConfig) {
+    let Err(e) = auth.secret() else { return };
+    if auth.secret_file.is_some() && auth.secret.is_none() {
+        let line = r
+            .sink_span(i, "secret_file")
+            .map(|s| r.line(s))
+            .unwrap_or(1);
+        r.notes.push(format!(
+            "{}:{line}: warning: {e:#}: squeal will not start on this host until it can read it",
+            r.file
+        ));
+    } else {
+        let sp = r.sink_span(i, "type");
+        r.problem(
+            sp,
+            format!("{e:#} (the routers' [invalidation] secret: set secret or secret_file)"),
+        );
+    }
+}
+
 fn check_sinks(r: &mut Report, cfg: &Config) {
     for (i, s) in cfg.sinks.iter().enumerate() {
         match s {
@@ -160,20 +183,7 @@ fn check_sinks(r: &mut Report, cfg: &Config) {
                     let sp = r.sink_span(i, "endpoints");
                     r.problem(sp, "router sink: endpoints is empty");
                 }
-                if let Err(e) = auth.secret() {
-                    let key = if auth.secret_file.is_some() {
-                        "secret_file"
-                    } else {
-                        "type"
-                    };
-                    let sp = r.sink_span(i, key);
-                    r.problem(
-                        sp,
-                        format!(
-                            "{e:#} (the router's [invalidation] secret: set secret or secret_file)"
-                        ),
-                    );
-                }
+                check_secret(r, i, auth);
             }
             SinkConfig::Kafka {
                 brokers,
@@ -189,20 +199,7 @@ fn check_sinks(r: &mut Report, cfg: &Config) {
                     let sp = r.sink_span(i, "topic");
                     r.problem(sp, "kafka sink: topic is empty");
                 }
-                if let Err(e) = auth.secret() {
-                    let key = if auth.secret_file.is_some() {
-                        "secret_file"
-                    } else {
-                        "type"
-                    };
-                    let sp = r.sink_span(i, key);
-                    r.problem(
-                        sp,
-                        format!(
-                            "{e:#} (the routers' [invalidation] secret: set secret or secret_file)"
-                        ),
-                    );
-                }
+                check_secret(r, i, auth);
             }
             SinkConfig::Memcache { endpoints, .. } => {
                 for e in endpoints {
