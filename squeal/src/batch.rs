@@ -29,6 +29,10 @@ pub struct Batch {
     /// epoch; the binlog has second resolution), 0 if unknown.
     pub commit_time_us: u64,
     pub born: Instant,
+    /// Once this batch's keys are delivered, every target is flushed (`Sink::flush_all`),
+    /// after every batch before it and before any after it (a table reset with
+    /// `[extract] on_table_reset = "flush"`).
+    pub flush: bool,
 }
 
 impl Batch {
@@ -42,6 +46,7 @@ impl Batch {
             txns: 0,
             commit_time_us: 0,
             born: Instant::now(),
+            flush: false,
         }
     }
 
@@ -166,6 +171,10 @@ impl Batcher {
         b.gtid = c.gtid;
         b.commit_time_us = c.commit_ts as u64 * 1_000_000;
         b.txns += 1;
+        if c.flush {
+            b.flush = true;
+            return self.flush().await;
+        }
         if b.bytes() + KEY_OVERHEAD + 250 > self.max_bytes {
             self.flush().await?;
         }
@@ -201,6 +210,7 @@ mod tests {
             },
             gtid: None,
             commit_ts: 0,
+            flush: false,
         }
     }
 

@@ -49,6 +49,12 @@ pub struct SourceConfig {
     /// GTID events but no ANNOTATE_ROWS (stock mysql_common cannot ask for them).
     #[serde(default = "default_capability")]
     pub mariadb_capability: u8,
+    /// Run although the server writes `binlog_row_metadata` other than FULL. Refused by
+    /// default: without column names in the binlog they come from information_schema, which
+    /// describes the table *now*, so an ALTER racing an UPDATE can map a row's columns
+    /// wrongly (wrong keys).
+    #[serde(default)]
+    pub allow_minimal_metadata: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -92,6 +98,45 @@ pub struct ExtractConfig {
     /// Keys a transaction holds in memory before the rest spills to a temporary file.
     #[serde(default = "default_txn_memory")]
     pub max_transaction_bytes: usize,
+    /// A template column absent from a row image (binlog_row_image=MINIMAL/NOBLOB): `stop`
+    /// (default: squeal stops with the error, nothing checkpointed past it) or `warn`
+    /// (counted and logged, the keys of that template are not emitted).
+    #[serde(default)]
+    pub on_missing_column: OnMissingColumn,
+    /// TRUNCATE / DROP / RENAME of a rule table (no row images in the binlog): `stop`
+    /// (default) or `flush` (flush_all every target through the sinks, in order).
+    #[serde(default)]
+    pub on_table_reset: OnTableReset,
+    /// Time zone TIMESTAMP columns are rendered in for keys: a name under
+    /// /usr/share/zoneinfo (`Europe/Berlin`), an offset (`+02:00`) or `SYSTEM`. Default: the
+    /// server's `@@time_zone`, what application sessions get unless they set their own.
+    #[serde(default)]
+    pub time_zone: Option<String>,
+    /// The `sql_mode` of the sessions that write annotated statements, for the quoting rules
+    /// that decide where a string literal ends (only `NO_BACKSLASH_ESCAPES` and
+    /// `ANSI_QUOTES`/`ANSI` matter). Used where the binlog does not record the session's
+    /// mode: MariaDB transactions carry none; MySQL's `BEGIN` and every statement event do,
+    /// and win. Default: the server default (backslash escapes on).
+    #[serde(default)]
+    pub annotation_sql_mode: String,
+}
+
+/// `[extract] on_missing_column`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMissingColumn {
+    #[default]
+    Stop,
+    Warn,
+}
+
+/// `[extract] on_table_reset`.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTableReset {
+    #[default]
+    Stop,
+    Flush,
 }
 
 fn yes() -> bool {
@@ -109,6 +154,10 @@ impl Default for ExtractConfig {
             rules: Vec::new(),
             outboxes: Vec::new(),
             max_transaction_bytes: default_txn_memory(),
+            on_missing_column: OnMissingColumn::default(),
+            on_table_reset: OnTableReset::default(),
+            time_zone: None,
+            annotation_sql_mode: String::new(),
         }
     }
 }

@@ -7,10 +7,12 @@
 //! acknowledged. [`run`] wires them together.
 
 pub mod batch;
+pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod extract;
 pub mod metrics;
+pub mod ratelimit;
 pub mod run;
 pub mod sink;
 pub mod source;

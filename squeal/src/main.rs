@@ -48,8 +48,7 @@ fn real_main() -> anyhow::Result<()> {
     }
     let cfg = Config::load(&cli.config)?;
     if cli.check {
-        println!("{}: ok", cli.config.display());
-        return Ok(());
+        return check(&cli.config, &cfg);
     }
     if !cli.read_file.is_empty() {
         return read_files(&cfg, &cli.read_file);
@@ -100,4 +99,29 @@ fn read_files(cfg: &Config, files: &[std::path::PathBuf]) -> anyhow::Result<()> 
     }
     eprintln!("{:?}", p.stats);
     Ok(())
+}
+
+/// `--check`: problems (each naming its line) fail; what could not be checked is said.
+fn check(path: &std::path::Path, cfg: &Config) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(squeal::check::check(path, &text, cfg));
+    for n in &report.notes {
+        println!("{n}");
+    }
+    for p in &report.problems {
+        println!("{p}");
+    }
+    if report.problems.is_empty() {
+        println!("{}: ok", path.display());
+        Ok(())
+    } else {
+        anyhow::bail!(
+            "{}: {} problem(s), see above",
+            path.display(),
+            report.problems.len()
+        )
+    }
 }

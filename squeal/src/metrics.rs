@@ -8,7 +8,9 @@
 //! - `squeal_keys_per_packet`, `squeal_packet_bytes` (histograms);
 //! - `squeal_sink_latency_seconds{sink}`, `squeal_batch_ack_seconds` (histograms);
 //! - `squeal_keys_delivered_total`, `squeal_checkpoint_writes_total`;
-//! - errors: `squeal_bad_annotations_total`, `squeal_bad_keys_total`,
+//! - errors: `squeal_bad_annotations_total`, `squeal_bad_keys_total` (every dropped key),
+//!   `squeal_keys_dropped_total{reason,table}` (the same by reason and table, counted where
+//!   the key is dropped),
 //!   `squeal_decode_errors_total`, `squeal_schema_problems_total`,
 //!   `squeal_sink_errors_total{sink}`, `squeal_sink_rejected_keys_total`,
 //!   `squeal_reconnects_total`, `squeal_rolled_back_total`;

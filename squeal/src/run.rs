@@ -42,19 +42,22 @@ fn before(a: &Position, b: &Position) -> bool {
     (a.file.as_str(), a.pos) < (b.file.as_str(), b.pos)
 }
 
-/// Chooses where to start: the checkpoint, or (without one) `start`.
-async fn start_position(cfg: &Config) -> anyhow::Result<(Position, Option<String>)> {
-    let mut conn = mysql_async::Conn::new(live::opts(&cfg.source)?)
-        .await
-        .context("connecting to the server")?;
-    live::check_server(&mut conn).await?;
+/// Chooses where to start: the checkpoint, or (without one) `start`, which is then written
+/// as the checkpoint before anything is read, so a crash before the first acknowledgement
+/// resumes there instead of at a later "current" (which would skip what was read). Waits
+/// (with backoff) for an unreachable server; `None` if stopped while waiting.
+async fn start_position(cfg: &Config) -> anyhow::Result<Option<(Position, Option<String>)>> {
+    let Some(mut conn) = live::connect_retrying(&cfg.source).await? else {
+        return Ok(None);
+    };
+    live::check_server(&mut conn, &cfg.source).await?;
     let logs = live::binary_logs(&mut conn).await?;
     let cp = checkpoint::load(&cfg.checkpoint.path)?;
     let pos = match cp {
         Some(cp) => {
             if logs.iter().any(|(f, _)| *f == cp.file) {
                 tracing::info!(position = %cp.position(), gtid = ?cp.gtid, "resuming from checkpoint");
-                return Ok((cp.position(), cp.gtid));
+                return Ok(Some((cp.position(), cp.gtid)));
             }
             let oldest = logs.first().map(|(f, _)| f.as_str()).unwrap_or("none");
             match cfg.checkpoint.on_missing_binlog {
@@ -87,19 +90,59 @@ async fn start_position(cfg: &Config) -> anyhow::Result<(Position, Option<String
                 }
             }
         }
-        None => match cfg.source.start {
-            StartAt::Current => live::server_position(&mut conn).await?,
-            StartAt::Earliest => Position {
-                file: logs
-                    .first()
-                    .map(|(f, _)| f.clone())
-                    .context("the server lists no binary logs")?,
-                pos: 4,
-            },
-        },
+        None => {
+            let p = match cfg.source.start {
+                StartAt::Current => live::server_position(&mut conn).await?,
+                StartAt::Earliest => Position {
+                    file: logs
+                        .first()
+                        .map(|(f, _)| f.clone())
+                        .context("the server lists no binary logs")?,
+                    pos: 4,
+                },
+            };
+            checkpoint::store(
+                &cfg.checkpoint.path,
+                &Checkpoint {
+                    file: p.file.clone(),
+                    pos: p.pos,
+                    gtid: None,
+                },
+            )
+            .with_context(|| {
+                format!(
+                    "writing the first checkpoint {}",
+                    cfg.checkpoint.path.display()
+                )
+            })?;
+            tracing::info!(position = %p, path = %cfg.checkpoint.path.display(), "first start: start position written as the checkpoint");
+            p
+        }
     };
     let _ = conn.disconnect().await;
-    Ok((pos, None))
+    Ok(Some((pos, None)))
+}
+
+/// The cascade check ([`live::warn_cascades`]) on its own connection; a failure is logged,
+/// never fatal (squeal works without it, only the warning is missing).
+async fn check_cascades(cfg: Config) {
+    let rules: Vec<crate::extract::rules::Rule> = cfg
+        .extract
+        .rules
+        .iter()
+        .filter_map(|r| crate::extract::rules::Rule::new(r).ok())
+        .collect();
+    let r = async {
+        let mut conn = mysql_async::Conn::new(live::opts(&cfg.source)?).await?;
+        live::warn_cascades(&mut conn, &rules).await?;
+        let _ = conn.disconnect().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        metrics::counter!("squeal_fk_check_errors_total").increment(1);
+        tracing::warn!(error = %format!("{e:#}"), "could not look for foreign-key cascades");
+    }
 }
 
 /// Writes the acknowledged position every `interval`, and once more at the end.
@@ -221,7 +264,9 @@ enum ReadEnd {
 pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let sinks = sink::build(&cfg.sinks)?;
-    let (start, _gtid) = start_position(&cfg).await?;
+    let Some((start, _gtid)) = start_position(&cfg).await? else {
+        return Ok(Summary::default());
+    };
     let target = if mode == Mode::UntilCurrent {
         let mut c = mysql_async::Conn::new(live::opts(&cfg.source)?).await?;
         let p = live::server_position(&mut c).await?;
@@ -242,12 +287,23 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         Box::new(InfoSchema::new(live::opts(&cfg.source)?)),
     )
     .map_err(|e| anyhow::anyhow!("[extract]: {e}"))?;
+    {
+        let mut c = mysql_async::Conn::new(live::opts(&cfg.source)?)
+            .await
+            .context("connecting to the server")?;
+        let zone = live::time_zone(&mut c, cfg.extract.time_zone.as_deref()).await?;
+        tracing::info!(zone = %zone.name, "TIMESTAMP values render in this time zone");
+        processor.set_time_zone(zone);
+        let _ = c.disconnect().await;
+    }
     processor.reset_to(&start);
     let mut batcher = Batcher::new(
         cfg.batch.max_bytes,
         Duration::from_micros(cfg.batch.linger_us),
         btx,
     );
+    check_cascades(cfg.clone()).await;
+    let mut ddl_seen = 0u64;
     let reader_pos = Arc::new(Mutex::new((start.clone(), 0u32)));
     let poller = tokio::spawn(lag_poller(cfg.clone(), reader_pos.clone()));
 
@@ -257,8 +313,12 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let dead_after = cfg.heartbeat() * 3 + Duration::from_secs(1);
     let mut checkpointer_task = None;
     let mut out = Vec::new();
-    let mut last_log = Instant::now() - Duration::from_secs(10);
+    // Extract problems (dropped keys, schema mismatches...): 20 lines per 10 s, then a
+    // count of the rest.
+    let mut problem_log = crate::ratelimit::Limited::new(Duration::from_secs(10), 20);
     let mut last_publish = Instant::now();
+    // Disconnects by the server because another replica registered our server_id.
+    let mut collisions: Vec<Instant> = Vec::new();
     let result: anyhow::Result<()> = 'outer: loop {
         let pos = processor.position();
         let (mut stream, info) = match live::open_stream(&cfg.source, &pos).await {
@@ -266,10 +326,10 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
             Err(e) => {
                 metrics::counter!("squeal_reconnects_total").increment(1);
                 let msg = format!("{e:#}");
-                if msg.contains("binlog_format") || msg.contains("log_bin") {
+                if e.downcast_ref::<live::Refused>().is_some() {
                     break Err(e);
                 }
-                tracing::warn!(error = %msg, retry_in = ?backoff, "binlog connection failed");
+                tracing::warn!(address = %live::address(&cfg.source), error = %msg, retry_in = ?backoff, "binlog connection failed");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = tokio::signal::ctrl_c() => break Ok(()),
@@ -314,6 +374,26 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                             "the server cannot send binlog {pos}: {msg}"
                         ));
                     }
+                    if msg.contains("same server_uuid/server_id") || msg.contains("same server_id")
+                    {
+                        // MariaDB/MySQL drop the older of two connections with one server_id:
+                        // reconnecting would only take turns with the other replica.
+                        collisions.retain(|t| t.elapsed() < Duration::from_secs(120));
+                        collisions.push(Instant::now());
+                        metrics::counter!("squeal_server_id_collisions_total").increment(1);
+                        if collisions.len() >= 3 {
+                            break 'outer Err(anyhow::anyhow!(
+                                "[source] server_id = {} is used by another replica of {}: the \
+                                 server dropped squeal's binlog connection {} times because a \
+                                 replica with the same server_id connected ({msg}). Give squeal a \
+                                 server_id no other replica uses (SHOW SLAVE HOSTS on the server \
+                                 lists them)",
+                                cfg.source.server_id,
+                                live::address(&cfg.source),
+                                collisions.len()
+                            ));
+                        }
+                    }
                     break ReadEnd::Lost(msg);
                 }
                 Ok(Some(Ok(ev))) => ev,
@@ -327,7 +407,16 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                     | ProcessError::Event(..) => {
                         break 'outer Err(anyhow::anyhow!("at {}: {e}", processor.position()));
                     }
+                    ProcessError::MissingColumn(_) | ProcessError::TableReset(_) => {
+                        tracing::error!(checkpoint_stays_at = %processor.position(), "{e}");
+                        break 'outer Err(anyhow::anyhow!("{e}"));
+                    }
                 }
+            }
+            if processor.stats.ddl != ddl_seen {
+                // Foreign keys may have changed.
+                ddl_seen = processor.stats.ddl;
+                tokio::spawn(check_cascades(cfg.clone()));
             }
             for c in out.drain(..) {
                 if batcher.push(c).await.is_err() {
@@ -345,20 +434,17 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                 if let Ok(mut g) = reader_pos.lock() {
                     *g = (processor.position(), processor.last_ts);
                 }
-                if !processor.problems.is_empty() {
-                    if last_log.elapsed() > Duration::from_secs(1) {
-                        for p in processor.problems.iter().take(5) {
-                            tracing::warn!(problem = %p, "extract");
-                        }
-                        if processor.problems.len() > 5 {
-                            tracing::warn!(
-                                more = processor.problems.len() - 5,
-                                "more extract problems"
-                            );
-                        }
-                        last_log = Instant::now();
+                for p in processor.problems.drain(..) {
+                    if problem_log.allow() {
+                        tracing::warn!(problem = %p, "extract");
                     }
-                    processor.problems.clear();
+                }
+                if let Some((n, over)) = problem_log.summary(false) {
+                    tracing::warn!(
+                        suppressed = n,
+                        "extract problems: {}",
+                        crate::ratelimit::suppressed_text(n, over)
+                    );
                 }
             }
         };
@@ -376,8 +462,17 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         }
     };
     crate::metrics::publish(&processor.stats, &mut prev);
-    for p in processor.problems.drain(..).take(5) {
-        tracing::warn!(problem = %p, "extract");
+    for p in processor.problems.drain(..) {
+        if problem_log.allow() {
+            tracing::warn!(problem = %p, "extract");
+        }
+    }
+    if let Some((n, over)) = problem_log.summary(true) {
+        tracing::warn!(
+            suppressed = n,
+            "extract problems: {}",
+            crate::ratelimit::suppressed_text(n, over)
+        );
     }
     // Deliver what is batched, then the final checkpoint.
     let _ = batcher.flush().await;

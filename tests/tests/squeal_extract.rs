@@ -33,12 +33,19 @@ async fn env(extra: &str, db_args: &[&str]) -> Result<Env> {
     .await?;
     let mc = Memcached::start()?;
     let dir = tempfile::tempdir()?;
-    let cfg = config(
+    let mut cfg = config(
         &db.url(),
         &[mc.addr()],
         &dir.path().join("checkpoint.toml"),
         extra,
     );
+    if db_args.contains(&"--binlog-row-metadata=MINIMAL") {
+        // squeal refuses MINIMAL metadata unless told to accept its risk.
+        cfg = cfg.replace(
+            "server_id = 777",
+            "server_id = 777\nallow_minimal_metadata = true",
+        );
+    }
     let squeal = Squeal::start(&cfg)?;
     Ok(Env {
         db,

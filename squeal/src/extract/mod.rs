@@ -4,6 +4,8 @@
 //! commit (the source's processor decides commit and rollback).
 
 pub mod annotation;
+pub mod cascade;
+pub mod ddl;
 pub mod outbox;
 pub mod rules;
 pub mod transaction;

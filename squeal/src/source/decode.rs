@@ -3,16 +3,8 @@
 //! It walks the row images of a WRITE/UPDATE/DELETE_ROWS event (v1, v2 and MySQL's
 //! PARTIAL_UPDATE_ROWS) using the column types of the TABLE_MAP event, and hands out each
 //! present, non-NULL column as a slice of the event buffer. Only the columns a rule needs
-//! are formatted (see [`format_value`]); the rest are skipped by length. Tests compare it
+//! are formatted (see [`super::text`]); the rest are skipped by length. Tests compare it
 //! with mysql_common's general decoder on the fixture files and live MariaDB binlogs.
-
-use std::fmt::Write as _;
-
-use mysql_common::binlog::value::BinlogValue;
-use mysql_common::constants::ColumnType;
-use mysql_common::io::ParseBuf;
-use mysql_common::proto::MyDeserialize;
-use mysql_common::value::Value;
 
 /// Raw column type ids as they appear in TABLE_MAP events.
 pub mod ty {
@@ -265,122 +257,6 @@ pub fn lenenc(data: &[u8], p: usize) -> Result<(u64, usize), DecodeError> {
     Ok((le(&data[p + 1..], n), 1 + n))
 }
 
-/// Appends the text form of a column value to `out`, as a key template shows it:
-/// integers in decimal (signed or unsigned per the column), strings and binary values as
-/// their bytes, ENUM/SET as their numeric value, temporal and decimal values in SQL text
-/// form. Returns false if the value has no key form (JSON, geometry).
-pub fn format_value(col: &ColSpec, v: &[u8], out: &mut Vec<u8>) -> bool {
-    let int = |n: usize| -> i64 {
-        let raw = le(v, n);
-        if col.unsigned {
-            raw as i64
-        } else {
-            let shift = 64 - 8 * n as u32;
-            ((raw << shift) as i64) >> shift
-        }
-    };
-    let push_num = |out: &mut Vec<u8>, signed: i64, unsigned_full: Option<u64>| {
-        let mut s = itoa_buf();
-        match unsigned_full {
-            Some(u) => out.extend_from_slice(fmt_u64(u, &mut s)),
-            None => {
-                if signed < 0 {
-                    out.push(b'-');
-                }
-                out.extend_from_slice(fmt_u64(signed.unsigned_abs(), &mut s));
-            }
-        }
-    };
-    match col.real_type() {
-        ty::TINY => push_num(out, int(1), None),
-        ty::SHORT => push_num(out, int(2), None),
-        ty::INT24 => push_num(out, int(3), None),
-        ty::LONG => push_num(out, int(4), None),
-        ty::LONGLONG => {
-            if col.unsigned {
-                push_num(out, 0, Some(le(v, 8)))
-            } else {
-                push_num(out, le(v, 8) as i64, None)
-            }
-        }
-        ty::ENUM | ty::SET => push_num(out, 0, Some(le(v, v.len().min(8)))),
-        ty::VARCHAR
-        | ty::VAR_STRING
-        | ty::STRING
-        | ty::TINY_BLOB
-        | ty::MEDIUM_BLOB
-        | ty::LONG_BLOB
-        | ty::BLOB
-        | ty::BIT => out.extend_from_slice(v),
-        ty::JSON | ty::GEOMETRY | ty::VECTOR => return false,
-        t => {
-            // Rare in keys: let mysql_common decode it.
-            let Ok(ct) = ColumnType::try_from(col.ty) else {
-                return false;
-            };
-            let meta = &col.meta[..col.meta_len as usize];
-            let mut buf = ParseBuf(v);
-            let Ok(val) = BinlogValue::deserialize((ct, meta, col.unsigned, false), &mut buf)
-            else {
-                return false;
-            };
-            let BinlogValue::Value(val) = val else {
-                return false;
-            };
-            let mut s = String::new();
-            let ok = match val {
-                Value::NULL => false,
-                Value::Bytes(b) => {
-                    out.extend_from_slice(&b);
-                    return true;
-                }
-                Value::Int(i) => write!(s, "{i}").is_ok(),
-                Value::UInt(u) => write!(s, "{u}").is_ok(),
-                Value::Float(f) => write!(s, "{f}").is_ok(),
-                Value::Double(f) => write!(s, "{f}").is_ok(),
-                Value::Date(y, mo, d, h, mi, se, us) => {
-                    if t == ty::DATE || t == ty::NEWDATE {
-                        write!(s, "{y:04}-{mo:02}-{d:02}").is_ok()
-                    } else if us != 0 {
-                        write!(s, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}.{us:06}").is_ok()
-                    } else {
-                        write!(s, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{se:02}").is_ok()
-                    }
-                }
-                Value::Time(neg, days, h, mi, se, us) => {
-                    let h = days * 24 + h as u32;
-                    let sign = if neg { "-" } else { "" };
-                    if us != 0 {
-                        write!(s, "{sign}{h:02}:{mi:02}:{se:02}.{us:06}").is_ok()
-                    } else {
-                        write!(s, "{sign}{h:02}:{mi:02}:{se:02}").is_ok()
-                    }
-                }
-            };
-            out.extend_from_slice(s.as_bytes());
-            return ok;
-        }
-    }
-    true
-}
-
-fn itoa_buf() -> [u8; 20] {
-    [0; 20]
-}
-
-fn fmt_u64(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = 20;
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,8 +273,14 @@ mod tests {
     }
 
     fn fmt(c: &ColSpec, v: &[u8]) -> String {
+        use crate::source::text::{format, ColumnMeta, TextForm, Zone};
+        let meta = ColumnMeta {
+            labels: Some(std::sync::Arc::new(vec![b"a".to_vec(), b"b".to_vec()])),
+            ..Default::default()
+        };
+        let form = TextForm::of(c, &meta, &std::sync::Arc::new(Zone::utc()));
         let mut out = Vec::new();
-        assert!(format_value(c, v, &mut out));
+        format(&form, v, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 
@@ -434,13 +316,13 @@ mod tests {
         // ENUM: STRING with meta [ENUM, 1].
         let c = col(ty::STRING, &[ty::ENUM, 1], false);
         assert_eq!(c.value_len(&[2], 0), Ok((0, 1)));
-        assert_eq!(fmt(&c, &[2]), "2");
+        assert_eq!(fmt(&c, &[2]), "b");
         assert_eq!(decimal_len(10, 2), Ok(5));
         assert_eq!(decimal_len(65, 30), Ok(30));
     }
 
     #[test]
-    fn decimal_through_mysql_common() {
+    fn decimal() {
         // DECIMAL(5,2) value 123.45: intg 3 digits (2 bytes), frac 2 digits (1 byte).
         let c = col(ty::NEWDECIMAL, &[5, 2], false);
         let v = [0x80, 123, 45]; // sign bit set: positive

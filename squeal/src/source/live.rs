@@ -4,13 +4,52 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use mysql_async::prelude::*;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 
 use super::process::Position;
 use super::schema::{ColumnInfo, SchemaLookup};
 use crate::config::SourceConfig;
+
+/// The server is set up in a way squeal refuses to work with: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+/// `host:port` of the configured server, for log lines.
+pub fn address(cfg: &SourceConfig) -> String {
+    match opts(cfg) {
+        Ok(o) => format!("{}:{}", o.ip_or_hostname(), o.tcp_port()),
+        Err(_) => "the configured server".into(),
+    }
+}
+
+/// Connects, retrying with backoff (`reconnect_min_ms` doubling to `reconnect_max_ms`)
+/// while the server cannot be reached, logging the address each time; gives up only on a
+/// stop signal (`Ok(None)`). A server that answers but refuses us (bad password, missing
+/// grants) is retried too: an operator may be fixing it while squeal waits.
+pub async fn connect_retrying(cfg: &SourceConfig) -> anyhow::Result<Option<Conn>> {
+    let o = opts(cfg)?;
+    let mut backoff = Duration::from_millis(cfg.reconnect_min_ms);
+    let max = Duration::from_millis(cfg.reconnect_max_ms.max(cfg.reconnect_min_ms));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        match Conn::new(o.clone()).await {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => {
+                metrics::counter!("squeal_reconnects_total").increment(1);
+                tracing::warn!(address = %address(cfg), error = %e, retry_in = ?backoff, "cannot connect to the server; retrying");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(None),
+            _ = sigterm.recv() => return Ok(None),
+        }
+        backoff = (backoff * 2).min(max);
+    }
+}
 
 /// What the server is.
 #[derive(Debug, Clone)]
@@ -23,26 +62,170 @@ pub fn opts(cfg: &SourceConfig) -> anyhow::Result<Opts> {
     Opts::from_url(&cfg.url).map_err(|e| anyhow::anyhow!("[source] url: {e}"))
 }
 
-/// Checks that the binlog is on and in ROW format; refuses otherwise.
-pub async fn check_server(conn: &mut Conn) -> anyhow::Result<ServerInfo> {
-    let row: Option<(String, String, String)> = conn
-        .query_first("SELECT VERSION(), @@GLOBAL.log_bin, @@GLOBAL.binlog_format")
+/// The server settings squeal depends on, as `SHOW GLOBAL VARIABLES` reports them (a
+/// variable the server does not have, e.g. `binlog_row_metadata` before MySQL 8.0 /
+/// MariaDB 10.5, is `None`).
+#[derive(Debug, Clone, Default)]
+pub struct ServerSettings {
+    pub version: String,
+    pub server_id: u32,
+    pub log_bin: String,
+    pub binlog_format: String,
+    pub binlog_row_image: Option<String>,
+    pub binlog_row_metadata: Option<String>,
+}
+
+impl ServerSettings {
+    pub fn mariadb(&self) -> bool {
+        self.version.contains("MariaDB")
+    }
+}
+
+/// Reads [`ServerSettings`].
+pub async fn read_settings(conn: &mut Conn) -> anyhow::Result<ServerSettings> {
+    let version: Option<String> = conn
+        .query_first("SELECT VERSION()")
         .await
         .context("reading server settings")?;
-    let (version, log_bin, format) = row.context("server settings query returned nothing")?;
-    if log_bin != "1" && !log_bin.eq_ignore_ascii_case("ON") {
-        bail!("the server's binary log is off (log_bin={log_bin}); squeal needs --log-bin");
+    let rows: Vec<(String, String)> = conn
+        .query(
+            "SHOW GLOBAL VARIABLES WHERE Variable_name IN ('server_id', 'log_bin', \
+             'binlog_format', 'binlog_row_image', 'binlog_row_metadata')",
+        )
+        .await
+        .context("reading server settings")?;
+    let mut s = ServerSettings {
+        version: version.unwrap_or_default(),
+        ..Default::default()
+    };
+    for (name, value) in rows {
+        match name.to_ascii_lowercase().as_str() {
+            "server_id" => s.server_id = value.parse().unwrap_or(0),
+            "log_bin" => s.log_bin = value,
+            "binlog_format" => s.binlog_format = value,
+            "binlog_row_image" => s.binlog_row_image = Some(value),
+            "binlog_row_metadata" => s.binlog_row_metadata = Some(value),
+            _ => {}
+        }
     }
-    if !format.eq_ignore_ascii_case("ROW") {
-        bail!(
-            "the server's binlog_format is {format}; squeal needs ROW (SET GLOBAL binlog_format=ROW, \
-             or --binlog-format=ROW) to see every changed row"
-        );
+    Ok(s)
+}
+
+/// Why a row image setting other than FULL matters (shared by the start-up warning,
+/// `--check` and the README).
+pub const ROW_IMAGE_WHY: &str = "with binlog_row_image other than FULL the before image of \
+     an UPDATE/DELETE holds only the primary key (MINIMAL) or lacks BLOB/TEXT columns (NOBLOB), \
+     so a key built from another column cannot be computed; squeal treats that as an error \
+     ([extract] on_missing_column). Set binlog_row_image=FULL (globally; a session may also \
+     change it)";
+
+/// Why squeal refuses `binlog_row_metadata` other than FULL by default.
+pub const ROW_METADATA_WHY: &str = "without binlog_row_metadata=FULL the binlog carries no \
+     column names, so squeal maps columns by position using information_schema, which \
+     describes the table as it is now: an ALTER racing an UPDATE can map a row's columns \
+     wrongly and produce wrong keys. Set binlog_row_metadata=FULL, or accept the risk with \
+     [source] allow_minimal_metadata = true";
+
+/// The problems of `s` for squeal: (fatal, message). Shared by start-up and `--check`.
+pub fn setting_problems(s: &ServerSettings, cfg: &SourceConfig) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    if s.log_bin != "1" && !s.log_bin.eq_ignore_ascii_case("ON") {
+        out.push((
+            true,
+            format!(
+                "the server's binary log is off (log_bin={}); squeal needs --log-bin",
+                s.log_bin
+            ),
+        ));
+    }
+    if !s.binlog_format.eq_ignore_ascii_case("ROW") {
+        out.push((
+            true,
+            format!(
+                "the server's binlog_format is {}; squeal needs ROW (SET GLOBAL binlog_format=ROW, \
+                 or --binlog-format=ROW) to see every changed row",
+                s.binlog_format
+            ),
+        ));
+    }
+    if s.server_id != 0 && s.server_id == cfg.server_id {
+        out.push((
+            true,
+            format!(
+                "[source] server_id = {} is the server's own server_id: a replica must use a \
+                 server_id no other server or replica of this server uses",
+                cfg.server_id
+            ),
+        ));
+    }
+    if let Some(img) = &s.binlog_row_image {
+        if !img.eq_ignore_ascii_case("FULL") {
+            out.push((
+                false,
+                format!("the server's binlog_row_image is {img}: {ROW_IMAGE_WHY}"),
+            ));
+        }
+    }
+    match &s.binlog_row_metadata {
+        Some(m) if !m.eq_ignore_ascii_case("FULL") => out.push((
+            !cfg.allow_minimal_metadata,
+            format!("the server's binlog_row_metadata is {m}: {ROW_METADATA_WHY}"),
+        )),
+        None => out.push((
+            !cfg.allow_minimal_metadata,
+            format!("the server has no binlog_row_metadata setting: {ROW_METADATA_WHY}"),
+        )),
+        _ => {}
+    }
+    out
+}
+
+/// Checks the server's settings: refuses what squeal cannot work with (binlog off, not ROW,
+/// our server_id is the server's, MINIMAL metadata without the opt-in); warns about a row
+/// image other than FULL (once per process).
+pub async fn check_server(conn: &mut Conn, cfg: &SourceConfig) -> anyhow::Result<ServerInfo> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let s = read_settings(conn).await?;
+    let mut warn = Vec::new();
+    for (fatal, msg) in setting_problems(&s, cfg) {
+        if fatal {
+            return Err(Refused(msg).into());
+        }
+        warn.push(msg);
+    }
+    if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        for msg in warn {
+            tracing::warn!("{msg}");
+        }
     }
     Ok(ServerInfo {
-        mariadb: version.contains("MariaDB"),
-        version,
+        mariadb: s.mariadb(),
+        version: s.version,
     })
+}
+
+/// The zone TIMESTAMP values are shown in: `configured` (`[extract] time_zone`), else the
+/// server's `@@time_zone` (its `@@system_time_zone` when that is `SYSTEM`), as the
+/// application's sessions see them by default.
+pub async fn time_zone(
+    conn: &mut Conn,
+    configured: Option<&str>,
+) -> anyhow::Result<super::text::Zone> {
+    let row: Option<(String, String)> = conn
+        .query_first("SELECT @@time_zone, @@system_time_zone")
+        .await
+        .context("reading the server's time zone")?;
+    let (tz, system) = row.context("time zone query returned nothing")?;
+    let name = configured.unwrap_or(&tz);
+    super::text::Zone::resolve(name, &system, std::path::Path::new("/usr/share/zoneinfo")).map_err(
+        |e| {
+            anyhow::anyhow!(
+                "TIMESTAMP time zone: {e}. Set [extract] time_zone to a zone name in \
+                 /usr/share/zoneinfo or an offset such as \"+00:00\" (the server has \
+                 @@time_zone={tz}, @@system_time_zone={system})"
+            )
+        },
+    )
 }
 
 /// `SHOW MASTER STATUS`.
@@ -72,7 +255,7 @@ pub async fn open_stream(
     let mut conn = Conn::new(opts(cfg)?)
         .await
         .context("connecting to the server")?;
-    let info = check_server(&mut conn).await?;
+    let info = check_server(&mut conn, cfg).await?;
     let hb_ns = cfg.heartbeat_ms.saturating_mul(1_000_000);
     conn.query_drop(format!("SET @master_heartbeat_period = {hb_ns}"))
         .await
@@ -118,9 +301,10 @@ impl InfoSchema {
             self.conn = Some(Conn::new(self.opts.clone()).await?);
         }
         let conn = self.conn.as_mut().expect("connected");
-        let rows: Vec<(String, String)> = conn
+        let rows: Vec<(String, String, String, Option<String>)> = conn
             .exec(
-                "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS \
+                "SELECT COLUMN_NAME, COLUMN_TYPE, DATA_TYPE, CHARACTER_SET_NAME \
+                 FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (db, table),
             )
@@ -130,16 +314,14 @@ impl InfoSchema {
         }
         Ok(Some(
             rows.into_iter()
-                .map(|(name, ty)| {
-                    let ty = ty.to_ascii_lowercase();
+                .map(|(name, ty, data_type, charset)| {
+                    let lower = ty.to_ascii_lowercase();
                     ColumnInfo {
                         name,
-                        unsigned: ty.contains("unsigned"),
-                        data_type: ty
-                            .split(|c: char| !c.is_ascii_alphanumeric())
-                            .next()
-                            .unwrap_or("")
-                            .to_string(),
+                        unsigned: lower.contains("unsigned"),
+                        data_type: data_type.to_ascii_lowercase(),
+                        column_type: ty,
+                        charset,
                     }
                 })
                 .collect(),
@@ -178,4 +360,79 @@ impl SchemaLookup for InfoSchema {
     fn invalidate(&mut self) {
         self.cache.clear();
     }
+}
+
+/// Foreign keys with a cascading action (CASCADE / SET NULL on delete or update), from
+/// information_schema (REFERENTIAL_CONSTRAINTS for the actions, KEY_COLUMN_USAGE for the
+/// columns in order).
+pub async fn fk_cascades(conn: &mut Conn) -> anyhow::Result<Vec<crate::extract::cascade::Cascade>> {
+    type Row = (
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+        String,
+    );
+    let rows: Vec<Row> = conn
+        .query(
+            "SELECT rc.CONSTRAINT_SCHEMA, rc.CONSTRAINT_NAME, rc.TABLE_NAME, \
+             k.REFERENCED_TABLE_SCHEMA, rc.REFERENCED_TABLE_NAME, \
+             CONCAT('ON DELETE ', rc.DELETE_RULE, ', ON UPDATE ', rc.UPDATE_RULE), \
+             k.COLUMN_NAME, k.REFERENCED_COLUMN_NAME \
+             FROM information_schema.REFERENTIAL_CONSTRAINTS rc \
+             JOIN information_schema.KEY_COLUMN_USAGE k \
+               ON k.CONSTRAINT_SCHEMA = rc.CONSTRAINT_SCHEMA \
+              AND k.CONSTRAINT_NAME = rc.CONSTRAINT_NAME AND k.TABLE_NAME = rc.TABLE_NAME \
+             WHERE rc.DELETE_RULE IN ('CASCADE', 'SET NULL') \
+                OR rc.UPDATE_RULE IN ('CASCADE', 'SET NULL') \
+             ORDER BY rc.CONSTRAINT_SCHEMA, rc.TABLE_NAME, rc.CONSTRAINT_NAME, k.ORDINAL_POSITION",
+        )
+        .await
+        .context("reading foreign keys from information_schema")?;
+    let mut out: Vec<crate::extract::cascade::Cascade> = Vec::new();
+    for (db, name, child, pdb, parent, actions, col, pcol) in rows {
+        match out.last_mut() {
+            Some(c) if c.child_db == db && c.child_table == child && c.name == name => {
+                c.child_columns.push(col);
+                c.parent_columns.push(pcol);
+            }
+            _ => out.push(crate::extract::cascade::Cascade {
+                name,
+                child_db: db,
+                child_table: child,
+                child_columns: vec![col],
+                parent_db: pdb,
+                parent_table: parent,
+                parent_columns: vec![pcol],
+                actions,
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// Looks for cascading foreign keys whose child table has a rule and warns (and counts,
+/// `squeal_fk_cascades_uncovered{parent,child}`) about each one whose child keys no parent
+/// rule covers. Run at start and after DDL. Returns the findings (for `--check`).
+pub async fn warn_cascades(
+    conn: &mut Conn,
+    rules: &[crate::extract::rules::Rule],
+) -> anyhow::Result<Vec<crate::extract::cascade::Finding>> {
+    let found = crate::extract::cascade::findings(&fk_cascades(conn).await?, rules);
+    for f in &found {
+        let c = &f.cascade;
+        let parent = format!("{}.{}", c.parent_db, c.parent_table);
+        let child = format!("{}.{}", c.child_db, c.child_table);
+        metrics::gauge!("squeal_fk_cascades_uncovered", "parent" => parent.clone(), "child" => child.clone())
+            .set(f.uncovered.len() as f64);
+        if f.uncovered.is_empty() {
+            tracing::info!(%parent, %child, covered = ?f.covered, "foreign-key cascade covered by the parent's rule");
+        } else {
+            tracing::warn!(%parent, %child, "{}", f.message());
+        }
+    }
+    Ok(found)
 }

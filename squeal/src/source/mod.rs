@@ -6,6 +6,7 @@ pub mod live;
 pub mod mariadb;
 pub mod process;
 pub mod schema;
+pub mod text;
 
 use std::path::Path;
 
@@ -122,7 +123,16 @@ pub fn read_events(
     while at < bytes.len() {
         let offset = at as u64;
         let size = check_frame(&bytes[at..]).map_err(|e| ReadError::Event(n, offset, e))?;
-        let ev = match esr.read(&bytes[at..at + size]) {
+        // mysql_common panics on an event shorter than its checksum: an error instead.
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            esr.read(&bytes[at..at + size])
+        }))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::other(
+                "malformed event (shorter than its checksum?)",
+            ))
+        });
+        let ev = match read {
             Ok(Some(ev)) => ev,
             Ok(None) => break,
             Err(e) => return Err(ReadError::Event(n, offset, e)),
@@ -131,9 +141,14 @@ pub fn read_events(
         n += 1;
         proc.handle(&ev, &mut out).map_err(ReadError::Process)?;
         if ev.header().event_type_raw() == EventType::TRANSACTION_PAYLOAD_EVENT as u8 {
-            let tpe: TransactionPayloadEvent = ev
-                .read_event()
-                .map_err(|e| ReadError::Event(n, offset, e))?;
+            // mysql_common's payload reader panics on some damaged headers (an unknown
+            // field's length past the end, an unknown compression type): an error instead.
+            let tpe: TransactionPayloadEvent =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ev.read_event()))
+                    .unwrap_or_else(|_| {
+                        Err(std::io::Error::other("malformed transaction payload event"))
+                    })
+                    .map_err(|e| ReadError::Event(n, offset, e))?;
             let mut inner_bytes = Vec::new();
             tpe.decompressed()
                 .and_then(|r| r.take(MAX_PAYLOAD).read_to_end(&mut inner_bytes))

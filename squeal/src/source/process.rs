@@ -5,15 +5,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use mysql_common::binlog::consts::EventType;
+use mysql_common::binlog::consts::{EventType, StatusVarKey};
 use mysql_common::binlog::events::{
-    Event, GtidEvent as MyGtidEvent, QueryEvent, RotateEvent, RowsQueryEvent, TableMapEvent,
+    Event, GtidEvent as MyGtidEvent, QueryEvent, RotateEvent, RowsQueryEvent, StatusVarVal,
+    TableMapEvent,
 };
 
-use super::decode::{format_value, lenenc, read_image, ColSpec};
+use super::decode::{lenenc, read_image};
 use super::mariadb;
-use super::schema::{plan, SchemaLookup, TablePlan};
-use crate::config::ExtractConfig;
+use super::schema::{plan, PlanContext, SchemaLookup, TablePlan};
+use super::text::{append_part, format, NoText, Zone};
+use crate::config::{ExtractConfig, OnMissingColumn, OnTableReset};
 use crate::extract::rules::{BoundPart, Rule};
 use crate::extract::transaction::TxnKeys;
 
@@ -38,6 +40,9 @@ pub struct Committed {
     pub gtid: Option<String>,
     /// Server timestamp of the commit event (seconds since the epoch).
     pub commit_ts: u32,
+    /// Every target must be flushed once this transaction's keys (and everything before
+    /// them) are delivered, before anything after it (a table reset, on_table_reset=flush).
+    pub flush: bool,
 }
 
 /// Counters the processor keeps (exported as metrics by the caller).
@@ -53,6 +58,10 @@ pub struct Stats {
     pub decode_errors: u64,
     pub schema_problems: u64,
     pub ddl: u64,
+    /// Rows events whose images lacked a template column.
+    pub missing_columns: u64,
+    /// TRUNCATE / DROP / RENAME statements of rule tables.
+    pub table_resets: u64,
 }
 
 /// Why the stream cannot go on.
@@ -64,6 +73,12 @@ pub enum ProcessError {
     Event(u8, String, std::io::Error),
     #[error("spilling transaction keys: {0}")]
     Spill(std::io::Error),
+    /// A template column is not in a row image ([extract] on_missing_column = "stop").
+    #[error("{0}")]
+    MissingColumn(String),
+    /// TRUNCATE / DROP / RENAME of a rule table ([extract] on_table_reset = "stop").
+    #[error("{0}")]
+    TableReset(String),
 }
 
 /// Events in, committed transactions out.
@@ -72,6 +87,13 @@ pub struct Processor {
     outboxes: Vec<(String, String, String)>,
     annotations: bool,
     annotation_dbs: Vec<String>,
+    on_missing_column: OnMissingColumn,
+    on_table_reset: OnTableReset,
+    /// Columns of the current rows event absent from the after image of an UPDATE (taken
+    /// from the before image: an absent column is one the statement did not change).
+    fill: Vec<usize>,
+    /// The next commit must flush every target (a table reset with on_table_reset=flush).
+    flush_pending: bool,
     schema: Box<dyn SchemaLookup>,
     tables: HashMap<u64, (Vec<u8>, Arc<TablePlan>)>,
     pub file: String,
@@ -94,6 +116,16 @@ pub struct Processor {
     /// Server timestamp of the last event (seconds since the epoch).
     pub last_ts: u32,
     current_end: u64,
+    /// Quoting rules of the session that wrote the current statements (its `sql_mode`, as
+    /// the last Query event recorded it): where annotation comments can be.
+    dialect: marker::annotation::Dialect,
+    /// The dialect of transactions whose events do not say (`[extract]
+    /// annotation_sql_mode`).
+    default_dialect: marker::annotation::Dialect,
+    /// Time zone and server flavour for table plans.
+    ctx: PlanContext,
+    /// Scratch buffers for filtered placeholders.
+    scratch: (Vec<u8>, Vec<u8>),
 }
 
 impl Processor {
@@ -108,6 +140,10 @@ impl Processor {
                 .collect(),
             annotations: cfg.annotations,
             annotation_dbs: cfg.annotation_databases.clone(),
+            on_missing_column: cfg.on_missing_column,
+            on_table_reset: cfg.on_table_reset,
+            fill: Vec::new(),
+            flush_pending: false,
             schema,
             tables: HashMap::new(),
             file: String::new(),
@@ -126,7 +162,18 @@ impl Processor {
             problems: Vec::new(),
             last_ts: 0,
             current_end: 4,
+            dialect: dialect_of(&cfg.annotation_sql_mode),
+            default_dialect: dialect_of(&cfg.annotation_sql_mode),
+            ctx: PlanContext::default(),
+            scratch: Default::default(),
         })
+    }
+
+    /// The zone TIMESTAMP values are shown in (default UTC); applies to tables mapped from
+    /// now on.
+    pub fn set_time_zone(&mut self, zone: Zone) {
+        self.ctx.zone = Arc::new(zone);
+        self.tables.clear();
     }
 
     /// Starts reading at `pos` (after a reconnect): forgets any half-read transaction.
@@ -151,6 +198,8 @@ impl Processor {
     }
 
     fn abort_txn(&mut self) {
+        self.flush_pending = false;
+        self.dialect = self.default_dialect;
         self.txn.clear();
         self.annot.clear();
         self.in_txn = false;
@@ -190,9 +239,12 @@ impl Processor {
             pos: self.position(),
             gtid: self.last_gtid.clone(),
             commit_ts: self.last_ts,
+            flush: std::mem::take(&mut self.flush_pending),
         });
         self.in_txn = false;
         self.annot_allowed = self.annotation_dbs.is_empty();
+        // The next transaction's session may quote differently.
+        self.dialect = self.default_dialect;
         Ok(())
     }
 
@@ -200,7 +252,7 @@ impl Processor {
         if !self.annotations {
             return Ok(());
         }
-        for r in marker::annotation::parse(text) {
+        for r in marker::annotation::parse_with(text, self.dialect) {
             match r {
                 Ok(k) => self.annot.insert(&k).map_err(ProcessError::Spill)?,
                 Err(e) => {
@@ -272,6 +324,12 @@ impl Processor {
             }
             x if x == EventType::QUERY_EVENT as u8 => {
                 let q: QueryEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
+                if let Some(v) = q.status_vars().get_status_var(StatusVarKey::SqlMode) {
+                    if let Ok(StatusVarVal::SqlMode(m)) = v.get_value() {
+                        self.dialect = marker::annotation::Dialect::from_sql_mode(m.0);
+                    }
+                }
+                self.table_resets(q.query_raw(), &q.schema())?;
                 self.query(q.query_raw(), out)?;
             }
             x if x == EventType::ROWS_QUERY_EVENT as u8 => {
@@ -375,13 +433,60 @@ impl Processor {
             self.schema.invalidate();
             self.tables.clear();
         }
-        if !self.in_txn {
+        // A table reset (TRUNCATE/DROP/RENAME) is never part of a larger transaction, even
+        // after a MySQL GTID event opened one: it commits itself with its flush.
+        if !self.in_txn || self.flush_pending {
             // A standalone statement (DDL) commits itself.
             self.annot_allowed = true;
             self.pos = self.pending_end();
             self.commit(out)?;
         }
         Ok(())
+    }
+
+    /// TRUNCATE / DROP / RENAME of a table with a rule: the binlog holds no row images for
+    /// the rows it removes. Stops with an error (default; the position stays before the
+    /// statement) or marks the statement's commit to flush every target (`flush`).
+    fn table_resets(&mut self, sql: &[u8], schema: &str) -> Result<(), ProcessError> {
+        let resets = crate::extract::ddl::reset_tables(sql, schema);
+        let hit: Vec<String> = resets
+            .iter()
+            .filter(|r| {
+                self.rules.iter().any(|rule| {
+                    if r.table == "*" {
+                        rule.database == "*" || rule.database == r.database
+                    } else {
+                        rule.matches(&r.database, &r.table)
+                    }
+                })
+            })
+            .map(|r| format!("{} of {}.{}", r.verb, r.database, r.table))
+            .collect();
+        if hit.is_empty() {
+            return Ok(());
+        }
+        self.stats.table_resets += 1;
+        metrics::counter!("squeal_table_resets_total").increment(1);
+        let what = hit.join(", ");
+        match self.on_table_reset {
+            OnTableReset::Stop => Err(ProcessError::TableReset(format!(
+                "{what} (a table with a rule) in the statement ending at binlog {}:{}: the \
+                 binlog holds no row images for it, so the keys of the rows it removed cannot \
+                 be computed. squeal stops here and checkpoints nothing past it. Either flush \
+                 the caches yourself and move the checkpoint past the statement, or set \
+                 [extract] on_table_reset = \"flush\" so squeal flushes every target through \
+                 its sinks and goes on",
+                self.file, self.current_end
+            ))),
+            OnTableReset::Flush => {
+                self.problems.push(format!(
+                    "{what} at binlog {}:{}: flushing every target (on_table_reset = \"flush\")",
+                    self.file, self.current_end
+                ));
+                self.flush_pending = true;
+                Ok(())
+            }
+        }
     }
 
     /// End of the event being handled (set by `handle` through `outer_pos`/log_pos).
@@ -408,7 +513,18 @@ impl Processor {
         let tme: TableMapEvent = ev
             .read_event()
             .map_err(|e| ProcessError::Event(19, self.file.clone(), e))?;
-        let p = plan(&tme, &self.rules, &self.outboxes, self.schema.as_mut());
+        self.ctx.mariadb = ev
+            .fde()
+            .server_version_raw()
+            .windows(7)
+            .any(|w| w == b"MariaDB");
+        let p = plan(
+            &tme,
+            &self.rules,
+            &self.outboxes,
+            self.schema.as_mut(),
+            &self.ctx,
+        );
         if let Some(problem) = &p.problem {
             self.stats.schema_problems += 1;
             self.problems.push(problem.clone());
@@ -478,6 +594,9 @@ impl Processor {
         } else {
             self.annot_allowed = true;
         }
+        if plan.wants_rows() {
+            self.check_images(&plan, is_update, is_delete, bm1, bm2)?;
+        }
         let rows_data = &data[..data.len()];
         let partial = if t == 39 { Some(plan.json_cols) } else { None };
         while p < rows_data.len() {
@@ -503,6 +622,9 @@ impl Processor {
                 let _ = is_delete;
                 self.row_keys(&plan, rows_data, &sa)?;
                 if is_update {
+                    for &c in &self.fill {
+                        sb[c] = sa[c];
+                    }
                     self.row_keys(&plan, rows_data, &sb)?;
                 }
             }
@@ -510,6 +632,82 @@ impl Processor {
             self.slots_b = sb;
         }
         Ok(())
+    }
+
+    /// Finds the template (and outbox) columns a rows event's images lack
+    /// (`binlog_row_image` MINIMAL or NOBLOB, set globally or by the session): counted per
+    /// column, then an error (default) or a logged problem. A NULL value is not missing: it
+    /// is in the image. An UPDATE's after image lacks the columns the statement did not
+    /// change; those are taken from the before image (`self.fill`), so only a column absent
+    /// from the before image (or from an INSERT's / DELETE's only image) is missing.
+    fn check_images(
+        &mut self,
+        plan: &TablePlan,
+        is_update: bool,
+        is_delete: bool,
+        bm1: &[u8],
+        bm2: &[u8],
+    ) -> Result<(), ProcessError> {
+        let has = |bm: &[u8], c: usize| bm.get(c / 8).is_some_and(|b| b & (1 << (c % 8)) != 0);
+        self.fill.clear();
+        let mut missing: Vec<usize> = Vec::new();
+        let cols = plan
+            .templates
+            .iter()
+            .flatten()
+            .filter_map(|p| match p {
+                BoundPart::Col(c, _) => Some(*c),
+                _ => None,
+            })
+            .chain(plan.outbox);
+        for c in cols {
+            if !has(bm1, c) {
+                if !missing.contains(&c) {
+                    missing.push(c);
+                }
+            } else if is_update && !has(bm2, c) && !self.fill.contains(&c) {
+                self.fill.push(c);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let (kind, image) = match (is_update, is_delete) {
+            (true, _) => ("UPDATE", "before"),
+            (_, true) => ("DELETE", "before"),
+            _ => ("INSERT", "only"),
+        };
+        let table = format!("{}.{}", plan.db, plan.table);
+        let mut names = Vec::new();
+        for &c in &missing {
+            let name = plan
+                .names
+                .as_ref()
+                .and_then(|n| n.get(c).cloned())
+                .unwrap_or_else(|| format!("#{c}"));
+            metrics::counter!("squeal_rule_columns_missing_total", "table" => table.clone(), "column" => name.clone())
+                .increment(1);
+            names.push(name);
+        }
+        self.stats.missing_columns += 1;
+        let msg = format!(
+            "{table}: column(s) {} not in the {image} image of the {kind} rows event ending at \
+             {}:{}, so the keys built from them cannot be computed (the server logged it with \
+             binlog_row_image MINIMAL or NOBLOB, set globally or by the session). Set \
+             binlog_row_image=FULL (SET GLOBAL binlog_row_image=FULL, in my.cnf, and in any \
+             session that changes it); or set [extract] on_missing_column = \"warn\" to go on \
+             without those keys",
+            names.join(", "),
+            self.file,
+            self.current_end
+        );
+        match self.on_missing_column {
+            OnMissingColumn::Stop => Err(ProcessError::MissingColumn(msg)),
+            OnMissingColumn::Warn => {
+                self.problems.push(msg);
+                Ok(())
+            }
+        }
     }
 
     fn row_keys(
@@ -524,9 +722,18 @@ impl Processor {
             for part in tpl {
                 match part {
                     BoundPart::Lit(l) => self.key.extend_from_slice(l),
-                    BoundPart::Col(c) => match slots[*c] {
+                    BoundPart::Col(c, filters) => match slots[*c] {
                         Some((s, e)) => {
-                            if !format_value(&plan.cols[*c], &data[s..e], &mut self.key) {
+                            let v = &data[s..e];
+                            let r = append_part(
+                                &plan.text[*c],
+                                filters,
+                                v,
+                                &mut self.key,
+                                &mut self.scratch,
+                            );
+                            if let Err(e) = r {
+                                self.drop_value(plan, *c, e);
                                 ok = false;
                                 break;
                             }
@@ -545,26 +752,57 @@ impl Processor {
         if let Some(c) = plan.outbox {
             if let Some((s, e)) = slots[c] {
                 self.key.clear();
-                let col: &ColSpec = &plan.cols[c];
-                if format_value(col, &data[s..e], &mut self.key) {
-                    self.push_key(plan)?;
+                match format(&plan.text[c], &data[s..e], &mut self.key) {
+                    Ok(()) => self.push_key(plan)?,
+                    Err(e) => self.drop_value(plan, c, e),
                 }
             }
         }
         Ok(())
     }
 
+    /// A key dropped: counted by reason and table, and a problem line for the log.
+    fn dropped(&mut self, plan: &TablePlan, reason: &'static str, msg: String) {
+        self.stats.bad_keys += 1;
+        metrics::counter!(
+            "squeal_keys_dropped_total",
+            "reason" => reason,
+            "table" => format!("{}.{}", plan.db, plan.table)
+        )
+        .increment(1);
+        self.problems.push(msg);
+    }
+
+    fn drop_value(&mut self, plan: &TablePlan, col: usize, e: NoText) {
+        let name = plan
+            .names
+            .as_ref()
+            .and_then(|n| n.get(col))
+            .map_or_else(|| format!("#{col}"), |n| n.clone());
+        let msg = format!(
+            "{}.{}: column {name} gave no key text, key dropped ({}): {}",
+            plan.db, plan.table, e.reason, e.why
+        );
+        self.dropped(plan, e.reason, msg);
+    }
+
     fn push_key(&mut self, plan: &TablePlan) -> Result<(), ProcessError> {
         match marker::key::validate(&self.key) {
             Ok(()) => self.txn.insert(&self.key).map_err(ProcessError::Spill),
             Err(e) => {
-                self.stats.bad_keys += 1;
-                self.problems.push(format!(
-                    "{}.{}: key {:?} is not a legal memcache key: {e}",
+                let reason = match e {
+                    marker::key::KeyError::Empty => "empty",
+                    marker::key::KeyError::TooLong(_) => "too_long",
+                    marker::key::KeyError::BadByte(_) => "bad_byte",
+                };
+                let msg = format!(
+                    "{}.{}: key {:?} is not a legal memcache key, dropped: {e} (a template \
+                     filter such as {{col|sha1}} or {{col|hex}} makes a legal key of any value)",
                     plan.db,
                     plan.table,
-                    String::from_utf8_lossy(&self.key)
-                ));
+                    String::from_utf8_lossy(&self.key[..self.key.len().min(300)])
+                );
+                self.dropped(plan, reason, msg);
                 Ok(())
             }
         }
@@ -574,6 +812,16 @@ impl Processor {
 impl TablePlan {
     fn annotation_match(&self, dbs: &[String]) -> bool {
         dbs.is_empty() || dbs.contains(&self.db)
+    }
+}
+
+/// The quoting rules of a `sql_mode` setting such as `"ANSI_QUOTES,NO_BACKSLASH_ESCAPES"`.
+fn dialect_of(mode: &str) -> marker::annotation::Dialect {
+    let m = mode.to_ascii_uppercase();
+    let has = |f: &str| m.split(',').any(|x| x.trim() == f);
+    marker::annotation::Dialect {
+        backslash_escapes: !has("NO_BACKSLASH_ESCAPES"),
+        ansi_quotes: has("ANSI_QUOTES") || has("ANSI"),
     }
 }
 
