@@ -49,8 +49,9 @@
 //!   version        u8 = 2
 //!   kind           u8  0: deletes, 1: flush_all (entries must be empty)
 //!   source_len     u8, then source bytes (UTF-8: which squeal, e.g. "db1-primary")
-//!   seq            u64  per-source sequence number; a flush carries the seq of the last
-//!                       batch sent before it
+//!   seq            u64  per-source sequence number, increasing across restarts (squeal
+//!                       starts a run at its start time in µs); a flush carries the seq
+//!                       of the last batch sent before it
 //!   commit_time_us u64  commit time of the newest transaction, µs since the Unix epoch
 //!   count          u32  number of entries
 //!   entries        count × (kind u8, key_len u8, key bytes)

@@ -101,6 +101,18 @@ pub struct Batcher {
     key: Vec<u8>,
 }
 
+/// Where this run's batch numbers start: the start time in microseconds since the epoch,
+/// so numbers keep increasing across restarts (a router counts a number it has already
+/// seen from this source as a re-sent duplicate; restarting at 1 made every batch of a
+/// restarted squeal look like one). A run would need more than one batch per microsecond
+/// of downtime to collide with its predecessor.
+fn first_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
 /// The sink stage has gone away.
 #[derive(Debug, thiserror::Error)]
 #[error("the sink stage stopped")]
@@ -112,7 +124,7 @@ impl Batcher {
             max_bytes,
             linger,
             cur: None,
-            seq: 0,
+            seq: first_seq(),
             tx,
             key: Vec::new(),
         }
