@@ -435,13 +435,15 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
         {
             d.get_ref().clone()
         }
-        Some(d) => return Err(cx.err(
-            d.span(),
-            format!(
+        Some(d) => {
+            return Err(cx.err(
+                d.span(),
+                format!(
                 "unknown distribution {:?} (ketama, libmemcached_ketama, modula, ch3 or random)",
                 d.get_ref()
             ),
-        )),
+            ))
+        }
     };
     let hash = match &p.hash {
         None => HashFn::Md5,
