@@ -183,16 +183,8 @@ impl Batcher {
     }
 
     /// When the open batch must leave, if there is one.
-    /// With load tracking, a packet that waits for the batches in flight leaves when the
-    /// last of them is acknowledged ([`SinkLoad::became_idle`]); the deadline is then only a
-    /// bound for a slow sink, four linger times, so packets grow with load.
     pub fn deadline(&self) -> Option<Instant> {
-        let wait = if self.load.is_some() {
-            self.linger * 4
-        } else {
-            self.linger
-        };
-        self.cur.as_ref().map(|b| b.born + wait)
+        self.cur.as_ref().map(|b| b.born + self.linger)
     }
 
     fn open(&mut self) -> &mut Batch {
