@@ -62,8 +62,14 @@ impl Charset {
     pub fn transcode(self, v: &[u8], out: &mut Vec<u8>) {
         match self {
             Charset::Utf8 | Charset::Binary => out.extend_from_slice(v),
+            // ASCII is the same in both: the common case costs one scan and one copy.
+            Charset::Latin1 if v.is_ascii() => out.extend_from_slice(v),
             Charset::Latin1 => {
                 for &b in v {
+                    if b < 0x80 {
+                        out.push(b);
+                        continue;
+                    }
                     let c = if (0x80..0xa0).contains(&b) {
                         CP1252_80[(b - 0x80) as usize]
                     } else {
