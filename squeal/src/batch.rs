@@ -7,7 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify};
 
 use crate::source::process::{Committed, Position};
 
@@ -99,6 +102,8 @@ pub struct Batcher {
     seq: u64,
     tx: mpsc::Sender<Batch>,
     key: Vec<u8>,
+    /// Set: send at once when the sink stage is idle (see [`SinkLoad`]).
+    load: Option<Arc<SinkLoad>>,
 }
 
 /// Where this run's batch numbers start: the start time in microseconds since the epoch,
@@ -111,6 +116,40 @@ fn first_seq() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
+}
+
+/// How busy the sink stage is, as the batcher sees it: a key leaves at once when nothing
+/// is in flight, and keys accumulate (bounded by bytes, and by the linger time) only while
+/// batches are in flight, which is when bigger packets help. When the last batch in flight
+/// is acknowledged, [`SinkLoad::became_idle`] wakes the batcher to send what accumulated.
+#[derive(Default)]
+pub struct SinkLoad {
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+impl SinkLoad {
+    /// A batch went to the sinks.
+    pub fn started(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A batch was acknowledged.
+    pub fn finished(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.idle.notify_one();
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    /// Resolves when the last batch in flight was acknowledged (at once if that happened
+    /// since the last call).
+    pub async fn became_idle(&self) {
+        self.idle.notified().await
+    }
 }
 
 /// The sink stage has gone away.
@@ -127,7 +166,20 @@ impl Batcher {
             seq: first_seq(),
             tx,
             key: Vec::new(),
+            load: None,
         }
+    }
+
+    /// Sends a completed transaction at once when nothing is in flight or queued, instead
+    /// of waiting for the linger time.
+    pub fn send_when_idle(mut self, load: Arc<SinkLoad>) -> Batcher {
+        self.load = Some(load);
+        self
+    }
+
+    /// True while a batch is open (keys waiting to be sent).
+    pub fn has_open(&self) -> bool {
+        self.cur.is_some()
     }
 
     /// When the open batch must leave, if there is one.
@@ -188,6 +240,11 @@ impl Batcher {
             return self.flush().await;
         }
         if b.bytes() + KEY_OVERHEAD + 250 > self.max_bytes {
+            return self.flush().await;
+        }
+        let idle = self.load.as_ref().is_some_and(|l| l.is_idle())
+            && self.tx.capacity() == self.tx.max_capacity();
+        if idle {
             self.flush().await?;
         }
         Ok(())
@@ -198,6 +255,8 @@ impl Batcher {
         if let Some(b) = self.cur.take() {
             metrics::histogram!("squeal_keys_per_packet").record(b.len() as f64);
             metrics::histogram!("squeal_packet_bytes").record(b.bytes() as f64);
+            // Time the first key of the packet waited in the batcher.
+            metrics::histogram!("squeal_batch_wait_seconds").record(b.born.elapsed().as_secs_f64());
             self.tx.send(b).await.map_err(|_| Closed)?;
         }
         Ok(())
@@ -249,5 +308,31 @@ mod tests {
         }
         assert_eq!(all, keys);
         assert_eq!(last_pos, 10 + 14);
+    }
+
+    #[tokio::test]
+    async fn an_idle_sink_gets_each_transaction_at_once_a_busy_one_gets_them_packed() {
+        let (tx, mut rx) = mpsc::channel(100);
+        let load = Arc::new(SinkLoad::default());
+        let mut b =
+            Batcher::new(16 * 1024, Duration::from_secs(60), tx).send_when_idle(load.clone());
+        b.push(txn(&["a"], 1)).await.unwrap();
+        let first = rx
+            .try_recv()
+            .expect("sent without waiting for the linger time");
+        assert_eq!(first.len(), 1);
+        // A batch in flight: keys accumulate.
+        load.started();
+        b.push(txn(&["b"], 2)).await.unwrap();
+        b.push(txn(&["c"], 3)).await.unwrap();
+        assert!(rx.try_recv().is_err(), "held while a batch is in flight");
+        assert!(b.has_open());
+        // Its ack wakes the batcher, which sends both in one packet.
+        load.finished();
+        tokio::time::timeout(Duration::from_secs(1), load.became_idle())
+            .await
+            .expect("woken when the sink went idle");
+        b.flush().await.unwrap();
+        assert_eq!(rx.try_recv().unwrap().len(), 2);
     }
 }

@@ -280,7 +280,14 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let (btx, brx) = mpsc::channel(cfg.batch.max_in_flight.max(1) * 2);
     let (atx, arx) = watch::channel(Acked::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let dispatcher = tokio::spawn(sink::dispatch(brx, sinks, cfg.batch.max_in_flight, atx));
+    let load = Arc::new(crate::batch::SinkLoad::default());
+    let dispatcher = tokio::spawn(sink::dispatch(
+        brx,
+        sinks,
+        cfg.batch.max_in_flight,
+        atx,
+        load.clone(),
+    ));
 
     let mut processor = Processor::new(
         &cfg.extract,
@@ -301,7 +308,8 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         cfg.batch.max_bytes,
         Duration::from_micros(cfg.batch.linger_us),
         btx,
-    );
+    )
+    .send_when_idle(load.clone());
     check_cascades(cfg.clone()).await;
     let mut ddl_seen = 0u64;
     let reader_pos = Arc::new(Mutex::new((start.clone(), 0u32)));
@@ -358,6 +366,11 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
             let ev = tokio::select! {
                 ev = tokio::time::timeout(dead_after, stream.next()) => ev,
                 _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
+                    if batcher.flush().await.is_err() { break 'outer Err(anyhow::anyhow!("sink stage stopped")); }
+                    continue;
+                }
+                // The last batch in flight was acknowledged: what accumulated meanwhile goes now.
+                _ = load.became_idle(), if batcher.has_open() => {
                     if batcher.flush().await.is_err() { break 'outer Err(anyhow::anyhow!("sink stage stopped")); }
                     continue;
                 }

@@ -162,12 +162,14 @@ pub async fn dispatch(
     sinks: Vec<Arc<dyn Sink>>,
     max_in_flight: usize,
     acked: watch::Sender<Acked>,
+    load: Arc<crate::batch::SinkLoad>,
 ) {
     let sinks = Arc::new(sinks);
     let mut inflight = FuturesOrdered::new();
     let mut open = true;
     let mut state = Acked::default();
     let ack = |b: Arc<Batch>, state: &mut Acked| {
+        load.finished();
         metrics::counter!("squeal_keys_delivered_total").increment(b.len() as u64);
         metrics::histogram!("squeal_batch_ack_seconds").record(b.born.elapsed().as_secs_f64());
         state.seq = b.seq;
@@ -188,11 +190,15 @@ pub async fn dispatch(
                     while let Some(done) = inflight.next().await {
                         ack(done, &mut state);
                     }
+                    load.started();
                     let b = deliver(sinks.clone(), Arc::new(b)).await;
                     flush_every_sink(&sinks).await;
                     ack(b, &mut state);
                 }
-                Some(b) => inflight.push_back(deliver(sinks.clone(), Arc::new(b))),
+                Some(b) => {
+                    load.started();
+                    inflight.push_back(deliver(sinks.clone(), Arc::new(b)))
+                }
                 None => open = false,
             },
             Some(b) = inflight.next(), if !inflight.is_empty() => ack(b, &mut state),
