@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 use crate::source::process::{Committed, Position};
 
@@ -104,6 +104,8 @@ pub struct Batcher {
     key: Vec<u8>,
     /// Set: send at once when the sink stage is idle (see [`SinkLoad`]).
     load: Option<Arc<SinkLoad>>,
+    /// When the last packet left.
+    last_sent: Instant,
 }
 
 /// Where this run's batch numbers start: the start time in microseconds since the epoch,
@@ -118,14 +120,13 @@ fn first_seq() -> u64 {
         .unwrap_or(0)
 }
 
-/// How busy the sink stage is, as the batcher sees it: a key leaves at once when nothing
-/// is in flight, and keys accumulate (bounded by bytes, and by the linger time) only while
-/// batches are in flight, which is when bigger packets help. When the last batch in flight
-/// is acknowledged, [`SinkLoad::became_idle`] wakes the batcher to send what accumulated.
+/// How busy the sink stage is, as the batcher sees it: a transaction's keys leave at once
+/// when nothing is in flight or queued and the previous packet left more than a linger time
+/// ago (the idle path: no linger wait). Otherwise keys accumulate, bounded by bytes and by
+/// the linger time, as before: under load packets stay as big as they were.
 #[derive(Default)]
 pub struct SinkLoad {
     in_flight: AtomicUsize,
-    idle: Notify,
 }
 
 impl SinkLoad {
@@ -136,19 +137,11 @@ impl SinkLoad {
 
     /// A batch was acknowledged.
     pub fn finished(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.idle.notify_one();
-        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn is_idle(&self) -> bool {
         self.in_flight.load(Ordering::Acquire) == 0
-    }
-
-    /// Resolves when the last batch in flight was acknowledged (at once if that happened
-    /// since the last call).
-    pub async fn became_idle(&self) {
-        self.idle.notified().await
     }
 }
 
@@ -167,6 +160,7 @@ impl Batcher {
             tx,
             key: Vec::new(),
             load: None,
+            last_sent: Instant::now(),
         }
     }
 
@@ -175,11 +169,6 @@ impl Batcher {
     pub fn send_when_idle(mut self, load: Arc<SinkLoad>) -> Batcher {
         self.load = Some(load);
         self
-    }
-
-    /// True while a batch is open (keys waiting to be sent).
-    pub fn has_open(&self) -> bool {
-        self.cur.is_some()
     }
 
     /// When the open batch must leave, if there is one.
@@ -243,7 +232,8 @@ impl Batcher {
             return self.flush().await;
         }
         let idle = self.load.as_ref().is_some_and(|l| l.is_idle())
-            && self.tx.capacity() == self.tx.max_capacity();
+            && self.tx.capacity() == self.tx.max_capacity()
+            && self.last_sent.elapsed() >= self.linger;
         if idle {
             self.flush().await?;
         }
@@ -258,6 +248,7 @@ impl Batcher {
             // Time the first key of the packet waited in the batcher.
             metrics::histogram!("squeal_batch_wait_seconds").record(b.born.elapsed().as_secs_f64());
             self.tx.send(b).await.map_err(|_| Closed)?;
+            self.last_sent = Instant::now();
         }
         Ok(())
     }
@@ -311,27 +302,25 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_idle_sink_gets_each_transaction_at_once_a_busy_one_gets_them_packed() {
+    async fn an_idle_sink_gets_a_transaction_at_once_a_busy_one_gets_them_packed() {
         let (tx, mut rx) = mpsc::channel(100);
         let load = Arc::new(SinkLoad::default());
-        let mut b =
-            Batcher::new(16 * 1024, Duration::from_secs(60), tx).send_when_idle(load.clone());
+        let linger = Duration::from_millis(20);
+        let mut b = Batcher::new(16 * 1024, linger, tx).send_when_idle(load.clone());
+        tokio::time::sleep(linger).await;
         b.push(txn(&["a"], 1)).await.unwrap();
         let first = rx
             .try_recv()
             .expect("sent without waiting for the linger time");
         assert_eq!(first.len(), 1);
-        // A batch in flight: keys accumulate.
-        load.started();
+        // Right after a packet left, or with a batch in flight: keys accumulate.
         b.push(txn(&["b"], 2)).await.unwrap();
+        assert!(rx.try_recv().is_err(), "held: the last packet just left");
+        tokio::time::sleep(linger).await;
+        load.started();
         b.push(txn(&["c"], 3)).await.unwrap();
         assert!(rx.try_recv().is_err(), "held while a batch is in flight");
-        assert!(b.has_open());
-        // Its ack wakes the batcher, which sends both in one packet.
         load.finished();
-        tokio::time::timeout(Duration::from_secs(1), load.became_idle())
-            .await
-            .expect("woken when the sink went idle");
         b.flush().await.unwrap();
         assert_eq!(rx.try_recv().unwrap().len(), 2);
     }

@@ -369,11 +369,6 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                     if batcher.flush().await.is_err() { break 'outer Err(anyhow::anyhow!("sink stage stopped")); }
                     continue;
                 }
-                // The last batch in flight was acknowledged: what accumulated meanwhile goes now.
-                _ = load.became_idle(), if batcher.has_open() => {
-                    if batcher.flush().await.is_err() { break 'outer Err(anyhow::anyhow!("sink stage stopped")); }
-                    continue;
-                }
                 _ = sigterm.recv() => break ReadEnd::Done,
                 _ = tokio::signal::ctrl_c() => break ReadEnd::Done,
             };
