@@ -323,13 +323,17 @@ pub fn with_ttl_cap(req: &Request, cap: u32) -> Request {
             data: data.clone(),
         },
         Op::Meta(m) if k.cmd == Cmd::Ms => {
-            // The T token rewritten, or added: `ms <key> <len> <flags...>`.
+            // The T token rewritten, or added: `ms <key> <len> <flags...>`. The router's
+            // opaque keeps its place between the same two tokens (offsets shift when a
+            // T token changes length).
             let mut out = BytesMut::with_capacity(m.line.len() + 16);
-            let mut opaque_at = m.opaque_at;
+            let mut opaque_at = None;
+            let mut old_end = 0;
             let mut seen = false;
             for (i, t) in m.line.split(|&b| b == b' ').enumerate() {
                 if i > 0 {
                     out.put_u8(b' ');
+                    old_end += 1;
                 }
                 if i >= 3 && t.first() == Some(&b'T') {
                     let exp = crate::protocol::number::strtol(&t[1..]).unwrap_or(0);
@@ -338,16 +342,15 @@ pub fn with_ttl_cap(req: &Request, cap: u32) -> Request {
                 } else {
                     out.extend_from_slice(t);
                 }
-                if m.opaque_at == m.line.len() {
-                    opaque_at = usize::MAX;
+                old_end += t.len();
+                if old_end == m.opaque_at && opaque_at.is_none() {
+                    opaque_at = Some(out.len());
                 }
             }
             if !seen {
                 out.extend_from_slice(format!(" T{cap}").as_bytes());
             }
-            if opaque_at == usize::MAX || opaque_at > out.len() {
-                opaque_at = out.len();
-            }
+            let opaque_at = opaque_at.unwrap_or(out.len());
             Op::Meta(MetaOp {
                 line: out.freeze(),
                 opaque_at,
@@ -469,6 +472,25 @@ mod tests {
             b"ms k 2 T10 F3"
         );
         assert_eq!(meta_line(&with_ttl_cap(&ms(b"ms k 2"), 10)), b"ms k 2 T10");
+        // The client's opaque sat between T100 and F3: the router's goes there still.
+        let mut mid = ms(b"ms k 2 T100 F3");
+        if let Request::Keyed(KeyedRequest {
+            op: Op::Meta(m), ..
+        }) = &mut mid
+        {
+            m.opaque_at = b"ms k 2 T100".len();
+        }
+        let capped_mid = with_ttl_cap(&mid, 10);
+        let Request::Keyed(KeyedRequest {
+            op: Op::Meta(m), ..
+        }) = &capped_mid
+        else {
+            panic!("not meta")
+        };
+        assert_eq!(
+            [&m.line[..m.opaque_at], b" O7", &m.line[m.opaque_at..]].concat(),
+            b"ms k 2 T10 O7 F3"
+        );
         let d = delete(b"k");
         assert!(matches!(
             with_ttl_cap(&d, 10),
