@@ -499,11 +499,6 @@ impl Expect {
         arena.extend_from_slice(b"\r\n");
         self.chunks.push(arena.split().freeze());
     }
-
-    /// How many keys the reply covered (for hit/miss counts).
-    pub fn keys(&self) -> usize {
-        self.keys.len()
-    }
 }
 
 #[cfg(test)]

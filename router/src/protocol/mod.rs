@@ -524,9 +524,9 @@ pub const BAD_B64_KEY: &[u8] = b"CLIENT_ERROR error decoding key\r\n";
 
 /// memcached's `tokenize_command`: single spaces separate tokens, runs of spaces produce no
 /// empty tokens, the line ends at its first NUL byte (memcached works on C strings). At
-/// most `max` tokens; the last one then holds the rest of the line. Returns the ranges
-/// (relative to `line`) and whether the line was cut at `max` tokens.
-pub(crate) fn tokenize(line: &[u8], max: usize) -> (Vec<Range<usize>>, bool) {
+/// most `max` tokens (ranges relative to `line`); what follows the last one is left
+/// untokenized, as memcached leaves it to its terminal token.
+pub(crate) fn tokenize(line: &[u8], max: usize) -> Vec<Range<usize>> {
     let len = memchr::memchr(0, line).unwrap_or(line.len());
     let mut out = Vec::with_capacity(8);
     let mut start = 0;
@@ -536,8 +536,7 @@ pub(crate) fn tokenize(line: &[u8], max: usize) -> (Vec<Range<usize>>, bool) {
             if i > start {
                 out.push(start..i);
                 if out.len() == max {
-                    // memcached: the terminal token points at what was not tokenized.
-                    return (out, i + 1 < len);
+                    return out;
                 }
             }
             start = i + 1;
@@ -547,7 +546,7 @@ pub(crate) fn tokenize(line: &[u8], max: usize) -> (Vec<Range<usize>>, bool) {
     if len > start {
         out.push(start..len);
     }
-    (out, false)
+    out
 }
 
 /// memcached's only key rule in the text and meta protocols: at most 250 bytes. A key

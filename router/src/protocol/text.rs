@@ -72,7 +72,7 @@ pub fn parse(buf: &[u8], limits: &Limits) -> Step {
     } else {
         nl
     };
-    let (toks, _more) = tokenize(&buf[..end], MAX_TOKENS - 1);
+    let toks = tokenize(&buf[..end], MAX_TOKENS - 1);
     let ntokens = toks.len() + 1;
     let noreply = ntokens >= 3 && &buf[toks[toks.len() - 1].clone()] == b"noreply";
     let l = Line {
@@ -181,7 +181,7 @@ fn get(l: &Line, end: usize, cmd: Cmd, cas: bool, touch: bool) -> Step {
     }
     // Every key of the line: memcached tokenizes what is past its 23rd token again, so a
     // multi-get has no token limit.
-    let (all, _) = tokenize(&l.buf[..end], usize::MAX);
+    let all = tokenize(&l.buf[..end], usize::MAX);
     let keys = all.get(first_key..).unwrap_or(&[]);
     if keys.iter().any(|k| !key_ok(&l.buf[k.clone()])) {
         return l.done(Raw::Reply(BAD_FORMAT));
