@@ -442,18 +442,7 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
                 if let Ok(mut g) = reader_pos.lock() {
                     *g = (processor.position(), processor.last_ts);
                 }
-                for p in processor.problems.drain(..) {
-                    if problem_log.allow() {
-                        tracing::warn!(problem = %p, "extract");
-                    }
-                }
-                if let Some((n, over)) = problem_log.summary(false) {
-                    tracing::warn!(
-                        suppressed = n,
-                        "extract problems: {}",
-                        crate::ratelimit::suppressed_text(n, over)
-                    );
-                }
+                log_problems(&mut processor.problems, &mut problem_log, false);
             }
         };
         match end {
@@ -470,18 +459,7 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         }
     };
     crate::metrics::publish(&processor.stats, &mut prev);
-    for p in processor.problems.drain(..) {
-        if problem_log.allow() {
-            tracing::warn!(problem = %p, "extract");
-        }
-    }
-    if let Some((n, over)) = problem_log.summary(true) {
-        tracing::warn!(
-            suppressed = n,
-            "extract problems: {}",
-            crate::ratelimit::suppressed_text(n, over)
-        );
-    }
+    log_problems(&mut processor.problems, &mut problem_log, true);
     // Deliver what is batched, then the final checkpoint.
     let _ = batcher.flush().await;
     drop(batcher);
@@ -504,4 +482,21 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         delivered_keys: acked.keys,
         end: acked.pos,
     })
+}
+
+/// Logs extract problems through the rate limiter, then the count it suppressed (`end`:
+/// say it now, even inside the window, as squeal is stopping).
+fn log_problems(problems: &mut Vec<String>, limiter: &mut crate::ratelimit::Limited, end: bool) {
+    for p in problems.drain(..) {
+        if limiter.allow() {
+            tracing::warn!(problem = %p, "extract");
+        }
+    }
+    if let Some((n, over)) = limiter.summary(end) {
+        tracing::warn!(
+            suppressed = n,
+            "extract problems: {}",
+            crate::ratelimit::suppressed_text(n, over)
+        );
+    }
 }
