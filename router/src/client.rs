@@ -53,6 +53,10 @@ pub fn buffered_output() -> usize {
     BUFFERED.load(Relaxed)
 }
 
+/// Disconnections for unread output, logged at most once a second (process-wide).
+static OVERFLOW_LOG: crate::lograte::Every =
+    crate::lograte::Every::new(std::time::Duration::from_secs(1));
+
 /// What a client over the global cap must hold, at least, to be the one disconnected.
 const FAIR_SHARE: usize = 1 << 20;
 
@@ -343,10 +347,17 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
         loop {
             if c.replies.overflowed.get() {
                 stats.output_overflows.add(1);
-                tracing::debug!(
-                    limit = c.replies.limit,
-                    "client disconnected: it left more replies unread than max_client_output x 2 (or the process cap max_buffered_output)"
-                );
+                if let Some(suppressed) = OVERFLOW_LOG.tick() {
+                    tracing::warn!(
+                        limit = c.replies.limit,
+                        suppressed_since_last = suppressed,
+                        "client disconnected: it left more reply bytes unread than \
+                         max_client_output x 2, or held over 1 MiB while the process held \
+                         max_buffered_output (counted in \
+                         squeal_router_clients_closed_total{{reason=\"output_overflow\"}}); \
+                         raise [limits] if such clients are legitimate"
+                    );
+                }
                 return Poll::Ready(Ok(()));
             }
             let mut progress = c.dispatch(&ctx);

@@ -18,6 +18,7 @@ pub mod config;
 pub mod health;
 pub mod invalidation;
 pub mod listener;
+pub mod lograte;
 pub mod metrics;
 pub mod protocol;
 pub mod reload;

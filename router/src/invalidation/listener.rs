@@ -45,29 +45,21 @@ pub struct Limits {
 /// many were suppressed since: a flood of garbage must not become a flood of log lines, but
 /// none may go unseen.
 #[derive(Default)]
-pub struct RejectLog(Mutex<HashMap<&'static str, (Instant, u64)>>);
+pub struct RejectLog(Mutex<HashMap<&'static str, Arc<crate::lograte::Every>>>);
 
 impl RejectLog {
     pub fn reject(&self, reason: &'static str, peer: &str, error: &dyn std::fmt::Display) {
         metrics::counter!("squeal_router_invalidation_frames_rejected_total", "reason" => reason)
             .increment(1);
-        let suppressed = {
-            let mut seen = self.0.lock().unwrap();
-            let now = Instant::now();
-            match seen.get_mut(reason) {
-                Some((last, count)) if now.duration_since(*last) < Duration::from_secs(1) => {
-                    *count += 1;
-                    return;
-                }
-                Some((last, count)) => {
-                    *last = now;
-                    std::mem::take(count)
-                }
-                None => {
-                    seen.insert(reason, (now, 0));
-                    0
-                }
-            }
+        let every = self
+            .0
+            .lock()
+            .unwrap()
+            .entry(reason)
+            .or_insert_with(|| Arc::new(crate::lograte::Every::new(Duration::from_secs(1))))
+            .clone();
+        let Some(suppressed) = every.tick() else {
+            return;
         };
         warn!(
             peer,
