@@ -159,3 +159,47 @@ pub fn read_checkpoint(path: &std::path::Path) -> Result<Option<(String, u64)>> 
     }
     Ok(file.zip(pos))
 }
+
+/// Caches each of `keys` in `mc` (value `cached`), so a test can watch squeal delete them.
+pub fn cache(mc: &crate::Memcached, keys: &[&str]) -> Result<()> {
+    let mut c = crate::McClient::connect(&mc.addr())?;
+    for k in keys {
+        c.set(k, b"cached")?;
+    }
+    Ok(())
+}
+
+/// Waits (up to 15 s) until every key of `gone` is deleted from `mc`, then checks every key
+/// of `kept` is still cached; fails with `squeal`'s log.
+pub fn expect_invalidated(
+    mc: &crate::Memcached,
+    gone: &[&str],
+    kept: &[&str],
+    squeal: &Squeal,
+) -> Result<()> {
+    let mut c = crate::McClient::connect(&mc.addr())?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let present: Vec<&str> = gone
+            .iter()
+            .copied()
+            .filter(|k| c.get(k).ok().flatten().is_some())
+            .collect();
+        if present.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "keys still cached: {present:?}; squeal log:\n{}",
+                squeal.server.log_tail()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for k in kept {
+        if c.get(k)?.is_none() {
+            bail!("{k} was deleted but should not have been (a data value made a key?)");
+        }
+    }
+    Ok(())
+}

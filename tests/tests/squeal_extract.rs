@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use harness::mariadb::MariaDbOptions;
-use harness::squeal::{config, Squeal};
-use harness::{MariaDb, McClient, Memcached};
+use harness::squeal::{cache, config, expect_invalidated as expect, Squeal};
+use harness::{MariaDb, Memcached};
 
 struct Env {
     db: MariaDb,
@@ -53,43 +53,6 @@ async fn env(extra: &str, db_args: &[&str]) -> Result<Env> {
         squeal,
         _dir: dir,
     })
-}
-
-fn cache(mc: &Memcached, keys: &[&str]) -> Result<()> {
-    let mut c = McClient::connect(&mc.addr())?;
-    for k in keys {
-        c.set(k, b"cached")?;
-    }
-    Ok(())
-}
-
-/// Waits until every key in `gone` is missing; then checks `kept` are all still there.
-fn expect(mc: &Memcached, gone: &[&str], kept: &[&str], squeal: &Squeal) -> Result<()> {
-    let mut c = McClient::connect(&mc.addr())?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let present: Vec<&str> = gone
-            .iter()
-            .copied()
-            .filter(|k| c.get(k).ok().flatten().is_some())
-            .collect();
-        if present.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keys still cached: {present:?}; squeal log:\n{}",
-            squeal.server.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for k in kept {
-        assert!(
-            c.get(k)?.is_some(),
-            "{k} was deleted but should not have been"
-        );
-    }
-    Ok(())
 }
 
 const RULES: &str = r#"

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use harness::mariadb::MariaDbOptions;
-use harness::squeal::{config, Squeal};
-use harness::{MariaDb, McClient, Memcached};
+use harness::squeal::{cache, config, expect_invalidated as expect, Squeal};
+use harness::{MariaDb, Memcached};
 use mysql_async::prelude::*;
 
 /// Every column of `app.types` but `id`: name and SQL type.
@@ -323,43 +323,6 @@ async fn every_type(db_args: &[&str]) -> Result<()> {
         "{}",
         squeal.server.log_tail()
     );
-    Ok(())
-}
-
-fn cache(mc: &Memcached, keys: &[&str]) -> Result<()> {
-    let mut c = McClient::connect(&mc.addr())?;
-    for k in keys {
-        c.set(k, b"cached")?;
-    }
-    Ok(())
-}
-
-/// Waits until every key of `gone` is deleted, then checks every key of `kept` is cached.
-fn expect(mc: &Memcached, gone: &[&str], kept: &[&str], squeal: &Squeal) -> Result<()> {
-    let mut c = McClient::connect(&mc.addr())?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let present: Vec<&str> = gone
-            .iter()
-            .copied()
-            .filter(|k| c.get(k).ok().flatten().is_some())
-            .collect();
-        if present.is_empty() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "keys still cached: {present:?}; squeal log:\n{}",
-            squeal.server.log_tail()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for k in kept {
-        assert!(
-            c.get(k)?.is_some(),
-            "{k} was deleted: a data value made a key"
-        );
-    }
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use harness::mariadb::MariaDbOptions;
-use harness::squeal::{config, read_checkpoint, Squeal};
+use harness::squeal::{cache, config, read_checkpoint, Squeal};
 use harness::{MariaDb, McClient, Memcached};
 use mysql_async::prelude::*;
 
@@ -38,14 +38,6 @@ async fn db(args: &[&str]) -> Result<MariaDb> {
     )
     .await?;
     Ok(db)
-}
-
-fn cache(mc: &Memcached, keys: &[&str]) -> Result<()> {
-    let mut c = McClient::connect(&mc.addr())?;
-    for k in keys {
-        c.set(k, b"cached")?;
-    }
-    Ok(())
 }
 
 fn cached(mc: &Memcached, key: &str) -> Result<bool> {
