@@ -64,20 +64,7 @@ impl Deleter {
         }
         let mut guard = self.conn.lock().await;
         let result = tokio::time::timeout(self.timeout, self.exchange(&mut guard, keys)).await;
-        match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                *guard = None;
-                Err(e)
-            }
-            Err(_) => {
-                *guard = None;
-                Err(DeleteError::Timeout {
-                    server: self.server.clone(),
-                    timeout: self.timeout,
-                })
-            }
-        }
+        self.settle(&mut guard, result)
     }
 
     /// Runs `flush_all` on the server (on the same connection as the deletes, so it stays
@@ -86,20 +73,26 @@ impl Deleter {
     pub async fn flush_all(&self) -> Result<(), DeleteError> {
         let mut guard = self.conn.lock().await;
         let result = tokio::time::timeout(self.timeout, self.flush_exchange(&mut guard)).await;
-        match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                *guard = None;
-                Err(e)
-            }
-            Err(_) => {
-                *guard = None;
-                Err(DeleteError::Timeout {
-                    server: self.server.clone(),
-                    timeout: self.timeout,
-                })
-            }
-        }
+        self.settle(&mut guard, result)
+    }
+
+    /// The outcome of one exchange bounded by the timeout: a failed or timed-out
+    /// connection is dropped (what was in flight on it is unknown), the next call reconnects.
+    fn settle<C>(
+        &self,
+        conn: &mut Option<C>,
+        result: Result<Result<(), DeleteError>, tokio::time::error::Elapsed>,
+    ) -> Result<(), DeleteError> {
+        let error = match result {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => e,
+            Err(_) => DeleteError::Timeout {
+                server: self.server.clone(),
+                timeout: self.timeout,
+            },
+        };
+        *conn = None;
+        Err(error)
     }
 
     async fn flush_exchange(
