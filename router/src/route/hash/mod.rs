@@ -3,6 +3,8 @@
 
 pub mod furc;
 pub mod ketama;
+pub mod spooky;
+pub mod wch3;
 
 use md5::{Digest, Md5};
 
