@@ -8,7 +8,8 @@
 //! route = "main"                    # the pool (or route, or inline route table) serving clients
 //!
 //! [pools.main]
-//! distribution = "ketama"           # ketama | modula | random
+//! distribution = "ketama"           # ketama | libmemcached_ketama | modula | random | ch3 | weighted_ch3
+//! # weights = [1.0, 0.5]            # weighted_ch3 only: each server's share in [0, 1]
 //! hash = "md5"                      # twemproxy's hash names
 //! hash_tag = "{}"                   # optional: hash only the part between the two
 //! connections = 1                   # per server, per worker
@@ -103,6 +104,7 @@ struct RawPool {
     distribution: Option<Spanned<String>>,
     hash: Option<Spanned<String>>,
     hash_tag: Option<Spanned<String>>,
+    weights: Option<Spanned<Vec<f64>>>,
     connections: Option<Spanned<i64>>,
 }
 
@@ -159,6 +161,9 @@ pub struct Pool {
     /// twemproxy's `hash_tag`: with `{}`, only the part of a key between the first `{`
     /// and the next `}` is hashed, so `user:{42}:name` and `user:{42}:mail` share a server.
     pub hash_tag: Option<[u8; 2]>,
+    /// `weighted_ch3` only: each server's share in `[0, 1]`, as mcrouter's
+    /// `"hash": {"hash_func": "WeightedCh3", "weights": [...]}`.
+    pub weights: Vec<f64>,
     pub connections: usize,
     pub servers: Vec<Server>,
 }
@@ -430,7 +435,14 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
     let distribution = match &p.distribution {
         None => "ketama".to_string(),
         Some(d)
-            if ["ketama", "libmemcached_ketama", "modula", "random", "ch3"]
+            if [
+                "ketama",
+                "libmemcached_ketama",
+                "modula",
+                "random",
+                "ch3",
+                "weighted_ch3",
+            ]
                 .contains(&d.get_ref().as_str()) =>
         {
             d.get_ref().clone()
@@ -439,7 +451,7 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
             return Err(cx.err(
                 d.span(),
                 format!(
-                "unknown distribution {:?} (ketama, libmemcached_ketama, modula, ch3 or random)",
+                "unknown distribution {:?} (ketama, libmemcached_ketama, modula, ch3, weighted_ch3 or random)",
                 d.get_ref()
             ),
             ))
@@ -485,14 +497,56 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
         }
         servers.push(server);
     }
+    let weights = pool_weights(cx, name, &distribution, p, servers.len())?;
     Ok(Pool {
         name: name.clone(),
         distribution,
         hash,
         hash_tag,
+        weights,
         connections,
         servers,
     })
+}
+
+/// `weights` goes with `distribution = "weighted_ch3"` and only with it: one fraction in
+/// `[0, 1]` per server (mcrouter logs and pads a short list with 0.5; a config here must
+/// say what it means).
+fn pool_weights(
+    cx: &Ctx,
+    name: &str,
+    distribution: &str,
+    p: &RawPool,
+    servers: usize,
+) -> Result<Vec<f64>, ConfigError> {
+    let Some(w) = &p.weights else {
+        if distribution == "weighted_ch3" {
+            return Err(cx.err(
+                p.servers.span(),
+                format!("pool {name:?}: distribution \"weighted_ch3\" needs weights = [...], one per server in [0, 1]"),
+            ));
+        }
+        return Ok(Vec::new());
+    };
+    if distribution != "weighted_ch3" {
+        return Err(cx.err(
+            w.span(),
+            format!("pool {name:?}: weights go with distribution = \"weighted_ch3\" (server weights are written host:port:weight)"),
+        ));
+    }
+    if w.get_ref().len() != servers {
+        return Err(cx.err(
+            w.span(),
+            format!(
+                "pool {name:?} has {servers} servers but {} weights",
+                w.get_ref().len()
+            ),
+        ));
+    }
+    if let Some(bad) = w.get_ref().iter().find(|x| !(0.0..=1.0).contains(*x)) {
+        return Err(cx.err(w.span(), format!("weight {bad} is not in [0, 1]")));
+    }
+    Ok(w.get_ref().clone())
 }
 
 /// `host:port[:weight] [name]`, twemproxy's server syntax.
@@ -550,6 +604,28 @@ route = "main"
 [pools.main]
 servers = ["127.0.0.1:11211", "127.0.0.1:11212:2 b"]
 "#;
+
+    #[test]
+    fn weighted_ch3_weights_are_checked() {
+        let ok = format!("{GOOD}distribution = \"weighted_ch3\"\nweights = [1.0, 0.5]\n");
+        let c = Config::parse("r.toml", &ok).unwrap();
+        assert_eq!(c.pools[0].weights, vec![1.0, 0.5]);
+        for (bad, says) in [
+            ("distribution = \"weighted_ch3\"\n", "needs weights"),
+            (
+                "distribution = \"weighted_ch3\"\nweights = [1.0]\n",
+                "2 servers but 1 weights",
+            ),
+            (
+                "distribution = \"weighted_ch3\"\nweights = [1.0, 1.5]\n",
+                "not in [0, 1]",
+            ),
+            ("weights = [1.0, 1.0]\n", "go with distribution"),
+        ] {
+            let e = Config::parse("r.toml", &format!("{GOOD}{bad}")).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn good_config() {

@@ -21,6 +21,8 @@ pub enum Distribution {
     Modula(Vec<u32>),
     /// mcrouter's `Ch3` (`furc_hash` over the number of servers; weights ignored).
     Ch3(u32),
+    /// mcrouter's `WeightedCh3`: Ch3 with each server keeping a fraction of its keys.
+    WeightedCh3(Vec<f64>),
     /// A random entry of the same weighted list: for replicated, read-mostly data.
     Random(Vec<u32>),
 }
@@ -76,7 +78,11 @@ impl Placement {
                 (name, s.weight)
             })
             .collect();
-        Placement::new(p.hash, &p.distribution, &names).with_hash_tag(p.hash_tag)
+        let mut placement = Placement::new(p.hash, &p.distribution, &names);
+        if p.distribution == "weighted_ch3" {
+            placement.dist = Distribution::WeightedCh3(p.weights.clone());
+        }
+        placement.with_hash_tag(p.hash_tag)
     }
 
     /// The same placement, hashing only the tagged part of keys (twemproxy's `hash_tag`).
@@ -110,6 +116,7 @@ impl Placement {
             }
             Distribution::Random(list) => list[fastrand::usize(..list.len().max(1))] as usize,
             Distribution::Ch3(n) => super::hash::furc::furc_hash(key, *n) as usize,
+            Distribution::WeightedCh3(w) => super::hash::wch3::weighted_ch3(key, w),
         }
     }
 }
