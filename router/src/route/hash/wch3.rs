@@ -65,7 +65,7 @@ mod tests {
         assert_eq!(weighted_ch3(b"sample", &[1.0; 100]), 97);
         assert_eq!(weighted_ch3(b"sample", &[1.0]), 0);
         assert_eq!(weighted_ch3(b"", &[1.0; 100]), 72);
-        let key: Vec<u8> = (0..256).map(|i| (i as i32 - 128) as u8).collect();
+        let key: Vec<u8> = (0..256i32).map(|i| (i - 128) as u8).collect();
         assert_eq!(weighted_ch3(&key, &vec![1.0; 99_999]), 31015);
         let rev: Vec<u8> = key.iter().rev().copied().collect();
         assert_eq!(weighted_ch3(&rev, &vec![1.0; 99_999]), 67101);
