@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod client;
 pub mod config;
+pub mod convert;
 pub mod health;
 pub mod invalidation;
 pub mod listener;
