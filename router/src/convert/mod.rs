@@ -3,4 +3,5 @@
 //! or refuses it with a message naming it; the TOML it writes is then validated exactly as
 //! a hand-written file (`Config::parse`), so a converted config is never trusted more.
 
+pub mod mcrouter;
 pub mod nutcracker;

@@ -89,7 +89,9 @@ fn pool(name: &str, body: &Yaml) -> Result<Pool, String> {
     };
     let (mut auto_eject, mut failure_limit, mut retry_ms) = (false, None, None);
     for (k, v) in h {
-        let key = k.as_str().ok_or_else(|| format!("key {k:?} is not a string"))?;
+        let key = k
+            .as_str()
+            .ok_or_else(|| format!("key {k:?} is not a string"))?;
         match key {
             "listen" => p.listen = listen(string(key, v)?)?,
             "hash" => {
@@ -259,8 +261,14 @@ beta:
     fn every_pool_key_is_mapped() {
         let t = to_toml(TWO_POOLS).unwrap();
         let v: toml::Table = t.parse().unwrap();
-        assert_eq!(v["listeners"]["127.0.0.1:22121"]["route"].as_str(), Some("alpha"));
-        assert_eq!(v["listeners"]["127.0.0.1:22122"]["route"].as_str(), Some("beta"));
+        assert_eq!(
+            v["listeners"]["127.0.0.1:22121"]["route"].as_str(),
+            Some("alpha")
+        );
+        assert_eq!(
+            v["listeners"]["127.0.0.1:22122"]["route"].as_str(),
+            Some("beta")
+        );
         let a = &v["pools"]["alpha"];
         assert_eq!(a["hash"].as_str(), Some("fnv1a_64"));
         assert_eq!(a["hash_tag"].as_str(), Some("{}"));
@@ -272,7 +280,10 @@ beta:
         assert_eq!(b["distribution"].as_str(), Some("modula"));
         assert_eq!(b["connections"].as_integer(), Some(2));
         assert_eq!(b["read_ms"].as_integer(), Some(NO_TIMEOUT_MS));
-        assert!(b.get("eject_after").is_none(), "auto_eject_hosts defaults to false");
+        assert!(
+            b.get("eject_after").is_none(),
+            "auto_eject_hosts defaults to false"
+        );
         assert!(v.get("listen").is_none());
     }
 
@@ -287,13 +298,28 @@ beta:
     #[test]
     fn what_cannot_be_mapped_is_refused_by_name() {
         for (yaml, says) in [
-            ("p:\n  listen: a:1\n  redis: true\n  servers: [x]\n", "memcached only"),
-            ("p:\n  listen: a:1\n  hash: murmur\n  servers: [x]\n", "murmur"),
-            ("p:\n  listen: /tmp/s.sock\n  servers: [x]\n", "unix sockets"),
-            ("p:\n  listen: a:1\n  colour: red\n  servers: [x]\n", "unknown key \"colour\""),
+            (
+                "p:\n  listen: a:1\n  redis: true\n  servers: [x]\n",
+                "memcached only",
+            ),
+            (
+                "p:\n  listen: a:1\n  hash: murmur\n  servers: [x]\n",
+                "murmur",
+            ),
+            (
+                "p:\n  listen: /tmp/s.sock\n  servers: [x]\n",
+                "unix sockets",
+            ),
+            (
+                "p:\n  listen: a:1\n  colour: red\n  servers: [x]\n",
+                "unknown key \"colour\"",
+            ),
             ("p:\n  servers: [x]\n", "no listen"),
             ("p:\n  listen: a:1\n", "no servers"),
-            ("p:\n  listen: a:1\n  timeout: soon\n  servers: [x]\n", "timeout"),
+            (
+                "p:\n  listen: a:1\n  timeout: soon\n  servers: [x]\n",
+                "timeout",
+            ),
             ("- a\n- b\n", "map of pools"),
             ("p: [\n", "not YAML"),
         ] {
