@@ -266,7 +266,43 @@ impl Config {
             column: 0,
             message: format!("cannot read: {e}"),
         })?;
-        Config::parse(&file, &text)
+        let Some(converted) = Config::converted(path, &text)? else {
+            return Config::parse(&file, &text);
+        };
+        Config::parse(&file, &converted).map_err(|mut e| {
+            e.message = format!(
+                "{} (line {} of the TOML converted from it; `squeal-router --print-toml` shows it)",
+                e.message, e.line
+            );
+            e.line = 0;
+            e.column = 0;
+            e
+        })
+    }
+
+    /// A `nutcracker.yml` (`.yml`/`.yaml`) or an mcrouter config (`.json`) as router TOML;
+    /// `None` for a TOML file. The converters refuse what they cannot map.
+    pub fn converted(path: &Path, text: &str) -> Result<Option<String>, ConfigError> {
+        let file = path.display().to_string();
+        let err = |message: String| ConfigError {
+            file: file.clone(),
+            line: 0,
+            column: 0,
+            message,
+        };
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("yml" | "yaml") => crate::convert::nutcracker::to_toml(text)
+                .map(Some)
+                .map_err(err),
+            Some("json") => {
+                let c = crate::convert::mcrouter::to_toml(text).map_err(err)?;
+                for note in &c.notes {
+                    tracing::warn!("{file}: {note}");
+                }
+                Ok(Some(c.toml))
+            }
+            _ => Ok(None),
+        }
     }
 
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {

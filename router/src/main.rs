@@ -30,20 +30,29 @@ struct Cli {
     /// replayed, and exit. Stop the router first: two replayers on one spool would race.
     #[arg(long, conflicts_with_all = ["check", "spool_inspect"])]
     spool_replay: bool,
+    /// Print the router TOML equivalent of the config (a nutcracker.yml or an mcrouter
+    /// JSON file is converted; a TOML file is printed as it is) and exit.
+    #[arg(long, conflicts_with_all = ["check", "spool_inspect", "spool_replay"])]
+    print_toml: bool,
+    /// Log as JSON lines (one object per event, for log shippers).
+    #[arg(long)]
+    log_json: bool,
 }
 
 fn main() {
     let cli = Cli::parse();
     fixed_mmap_threshold();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         // Colour only on a terminal: log files and journald get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match cli.log_json {
+        true => logs.json().init(),
+        false => logs.init(),
+    }
     if let Err(e) = run(cli) {
         eprintln!("squeal-router: {e:#}");
         std::process::exit(2);
@@ -51,6 +60,15 @@ fn main() {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    if cli.print_toml {
+        let text = std::fs::read_to_string(&cli.config)
+            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", cli.config.display()))?;
+        let toml = Config::converted(&cli.config, &text)?.unwrap_or(text);
+        print!("{toml}");
+        // Say so if the result would not start.
+        Config::parse(&cli.config.display().to_string(), &toml)?;
+        return Ok(());
+    }
     let config = Config::load(&cli.config)?;
     if cli.check {
         println!("{}: ok", cli.config.display());
