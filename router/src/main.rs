@@ -34,6 +34,10 @@ struct Cli {
     /// JSON file is converted; a TOML file is printed as it is) and exit.
     #[arg(long, conflicts_with_all = ["check", "spool_inspect", "spool_replay"])]
     print_toml: bool,
+    /// Serve `/metrics` here instead of the config's `admin` (nutcracker's `-s`/`-a`, for
+    /// a config converted from a nutcracker.yml, which has no such key).
+    #[arg(long)]
+    admin: Option<std::net::SocketAddr>,
     /// Log as JSON lines (one object per event, for log shippers).
     #[arg(long)]
     log_json: bool,
@@ -69,7 +73,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Config::parse(&cli.config.display().to_string(), &toml)?;
         return Ok(());
     }
-    let config = Config::load(&cli.config)?;
+    let mut config = Config::load(&cli.config)?;
+    if let Some(admin) = cli.admin {
+        config.admin = Some(admin);
+    }
     if cli.check {
         println!("{}: ok", cli.config.display());
         return Ok(());

@@ -48,6 +48,30 @@ impl Router {
         })
     }
 
+    /// Starts on a config file as the operator wrote it (TOML, `nutcracker.yml` or mcrouter
+    /// JSON), waiting for `listen_port`; metrics on a run-time `--admin` port.
+    pub fn start_file(config: &std::path::Path, listen_port: u16) -> Result<Router> {
+        let admin_port = free_port();
+        let dir = server_dir("router")?;
+        let mut cmd = Command::new(router_bin());
+        cmd.arg("--config")
+            .arg(config)
+            .arg("--admin")
+            .arg(format!("127.0.0.1:{admin_port}"));
+        let server = Server::spawn(
+            "router",
+            dir,
+            cmd,
+            loopback(listen_port),
+            Duration::from_secs(10),
+        )?;
+        Ok(Router {
+            server,
+            admin_port,
+            config: config.to_path_buf(),
+        })
+    }
+
     pub fn addr(&self) -> String {
         self.server.addr.to_string()
     }

@@ -81,6 +81,30 @@ impl Twemproxy {
         Ok(Twemproxy { server, stats_port })
     }
 
+    /// Runs nutcracker on a `nutcracker.yml` the caller wrote (as an operator's, possibly
+    /// with several pools); `first_listen` is the port of a pool's `listen`, waited for.
+    pub fn start_file(conf: &std::path::Path, first_listen: u16) -> Result<Twemproxy> {
+        setup();
+        let stats_port = free_port();
+        let dir = server_dir("twemproxy")?;
+        let mut cmd = Command::new("nutcracker");
+        cmd.arg("-c")
+            .arg(conf)
+            .args(["-s", &stats_port.to_string(), "-a", "127.0.0.1"])
+            .arg("-o")
+            .arg(dir.path().join("nutcracker.out"))
+            .arg("-p")
+            .arg(dir.path().join("nutcracker.pid"));
+        let server = Server::spawn(
+            "twemproxy",
+            dir,
+            cmd,
+            loopback(first_listen),
+            Duration::from_secs(10),
+        )?;
+        Ok(Twemproxy { server, stats_port })
+    }
+
     pub fn addr(&self) -> String {
         self.server.addr.to_string()
     }
