@@ -52,14 +52,16 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(&cli.config)?;
+    // The route tree is validated with the plan: `--check` refuses a bad one too.
+    let plan = Plan::new(config)?;
     if cli.check {
         println!("{}: ok", cli.config.display());
         return Ok(());
     }
     if cli.spool_inspect || cli.spool_replay {
-        return router::invalidation::spool_cli(&config, cli.spool_replay);
+        return router::invalidation::spool_cli(&plan.config, cli.spool_replay);
     }
-    let plan = Arc::new(Plan::new(config));
+    let plan = Arc::new(plan);
     let cfg = &plan.config;
     let shared = Arc::new(router::stats::Shared::new(plan.clone()));
     // The invalidation side binds its port and opens its spool first: once the client

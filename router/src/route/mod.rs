@@ -10,18 +10,23 @@
 //!
 //! Everything here lives on one worker thread, hence `Rc` and `RefCell`.
 
+pub mod all_async;
+pub mod all_initial;
+pub mod all_sync;
 pub mod failover;
-pub mod fanout;
 pub mod hash;
-pub mod msl1;
+pub mod joiner;
+pub mod master_slave_l1;
+pub mod miss_failover;
+pub mod operation;
 pub mod pool;
-pub mod select;
+pub mod prefix;
+pub mod random;
+pub mod registry;
 pub mod spec;
-pub mod tree;
 pub mod warmup;
 pub mod wire;
 
-use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -29,6 +34,7 @@ use bytes::Bytes;
 use crate::client::Slot;
 use crate::health::Watch;
 use crate::protocol::{reply::value_blocks, MultiGetRequest, Request};
+use joiner::{Fold, Joiner, Part};
 
 pub use pool::PoolRoute;
 
@@ -75,12 +81,9 @@ impl Reply {
 pub enum Completion {
     /// Into the client's ordered reply queue.
     Client(Slot),
-    /// One server's share of a split multi-get.
-    Part(Rc<MergeGet>, usize),
-    /// One of the replies of a broadcast (`flush_all`).
-    Gather(Rc<Gather>),
-    /// One server's `stats` reply, merged with the pool's others.
-    Stats(Rc<MergeStats>),
+    /// One part of a request sent as several (a share of a split multi-get, one server's
+    /// `flush_all` or `stats`, one child of a fan-out), joined with the others.
+    Part(Rc<dyn Part>, usize),
     /// Anything else: composite routes use this to look at a reply before passing it on.
     Then(Box<dyn FnOnce(Reply)>),
     /// Into the client's queue, after telling the server's health watch how it went.
@@ -93,9 +96,7 @@ impl Completion {
     pub fn complete(self, reply: Reply) {
         match self {
             Completion::Client(slot) => slot.fill(reply),
-            Completion::Part(merge, part) => merge.part_done(part, reply),
-            Completion::Gather(g) => g.done(reply),
-            Completion::Stats(m) => m.done(reply),
+            Completion::Part(join, part) => join.part_done(part, reply),
             Completion::Then(f) => f(reply),
             Completion::Checked(slot, watch) => {
                 watch.observe(&reply);
@@ -143,6 +144,7 @@ pub fn split_multi_get(
     if targets.iter().all(|&t| t == first) {
         return send(first, Request::MultiGet(req), done);
     }
+    // One part per child, in order of first appearance.
     let mut order: Vec<usize> = Vec::new();
     let mut parts: Vec<Vec<u32>> = Vec::new();
     for (pos, &t) in targets.iter().enumerate() {
@@ -155,17 +157,16 @@ pub fn split_multi_get(
         }
     }
     let head = req.with_keys(Vec::new());
-    let merge = MergeGet::new(req.keys, parts, done);
-    for (part, &child) in order.iter().enumerate() {
-        let keys: Vec<Bytes> = merge
-            .part_keys(part)
-            .iter()
-            .map(|&p| merge.keys()[p as usize].clone())
-            .collect();
+    let shares: Vec<Vec<Bytes>> = parts
+        .iter()
+        .map(|p| p.iter().map(|&i| req.keys[i as usize].clone()).collect())
+        .collect();
+    let merge = Joiner::new(order.len(), MergeGet::new(req.keys, parts), done);
+    for (part, (child, keys)) in order.into_iter().zip(shares).enumerate() {
         send(
             child,
             Request::MultiGet(head.with_keys(keys)),
-            Completion::Part(merge.clone(), part),
+            merge.part(part),
         );
     }
 }
@@ -175,13 +176,10 @@ pub fn split_multi_get(
 pub fn per_key(req: MultiGetRequest, mut send: impl FnMut(Request, Completion), done: Completion) {
     let parts: Vec<Vec<u32>> = (0..req.keys.len() as u32).map(|i| vec![i]).collect();
     let head = req.with_keys(Vec::new());
-    let merge = MergeGet::new(req.keys, parts, done);
-    for part in 0..merge.keys().len() {
-        let key = merge.keys()[part].clone();
-        send(
-            Request::Keyed(head.single(key)),
-            Completion::Part(merge.clone(), part),
-        );
+    let keys = req.keys.clone();
+    let merge = Joiner::new(keys.len(), MergeGet::new(req.keys, parts), done);
+    for (part, key) in keys.into_iter().enumerate() {
+        send(Request::Keyed(head.single(key)), merge.part(part));
     }
 }
 
@@ -190,31 +188,21 @@ pub struct MergeGet {
     keys: Vec<Bytes>,
     /// Positions in `keys` that each part (server) was asked for, in order.
     parts: Vec<Vec<u32>>,
-    found: RefCell<Vec<Option<Bytes>>>,
-    left: Cell<usize>,
-    done: Cell<Option<Completion>>,
+    found: Vec<Option<Bytes>>,
 }
 
 impl MergeGet {
-    pub fn new(keys: Vec<Bytes>, parts: Vec<Vec<u32>>, done: Completion) -> Rc<MergeGet> {
-        Rc::new(MergeGet {
-            found: RefCell::new(vec![None; keys.len()]),
-            left: Cell::new(parts.len()),
+    pub fn new(keys: Vec<Bytes>, parts: Vec<Vec<u32>>) -> MergeGet {
+        MergeGet {
+            found: vec![None; keys.len()],
             keys,
             parts,
-            done: Cell::new(Some(done)),
-        })
+        }
     }
+}
 
-    pub fn keys(&self) -> &[Bytes] {
-        &self.keys
-    }
-
-    pub fn part_keys(&self, part: usize) -> &[u32] {
-        &self.parts[part]
-    }
-
-    fn part_done(&self, part: usize, reply: Reply) {
+impl Fold for MergeGet {
+    fn add(&mut self, part: usize, reply: Reply) -> Option<Reply> {
         // A share answered by a composite route may come in pieces.
         let reply = match reply {
             Reply::Chunks(c) => Reply::Data(Bytes::from(c.concat())),
@@ -222,7 +210,6 @@ impl MergeGet {
         };
         // A failed server's keys are misses: the rest of the multi-get still answers.
         if let Reply::Data(data) = reply {
-            let mut found = self.found.borrow_mut();
             let wanted = &self.parts[part];
             let mut cursor = 0;
             for (key, block) in value_blocks(&data) {
@@ -235,58 +222,57 @@ impl MergeGet {
                 if cursor == wanted.len() {
                     break;
                 }
-                found[wanted[cursor] as usize] = Some(data.slice(block));
+                self.found[wanted[cursor] as usize] = Some(data.slice(block));
                 cursor += 1;
             }
         }
-        let left = self.left.get() - 1;
-        self.left.set(left);
-        if left == 0 {
-            let mut chunks: Vec<Bytes> = self.found.take().into_iter().flatten().collect();
-            chunks.push(Bytes::from_static(b"END\r\n"));
-            if let Some(done) = self.done.take() {
-                done.complete(Reply::Chunks(chunks));
-            }
-        }
+        None
+    }
+
+    fn finish(&mut self) -> Option<Reply> {
+        let mut chunks: Vec<Bytes> = std::mem::take(&mut self.found)
+            .into_iter()
+            .flatten()
+            .collect();
+        chunks.push(Bytes::from_static(b"END\r\n"));
+        Some(Reply::Chunks(chunks))
     }
 }
 
-/// A request sent to every server; answers `OK` when all did, else the first other reply.
+/// Sends `req` to every route of `to` (a `flush_all`): see [`Gather`].
+pub fn broadcast<'r>(
+    req: &Request,
+    to: impl ExactSizeIterator<Item = &'r RouteRef>,
+    done: Completion,
+) {
+    let gather = Joiner::new(to.len(), Gather::default(), done);
+    for (i, r) in to.enumerate() {
+        r.route(req.clone(), gather.part(i));
+    }
+}
+
+/// A request sent to every server: answers `OK` when all did, else the first other reply.
+#[derive(Default)]
 pub struct Gather {
-    left: Cell<usize>,
-    worst: RefCell<Option<Reply>>,
-    done: Cell<Option<Completion>>,
+    worst: Option<Reply>,
 }
 
-impl Gather {
-    pub fn new(n: usize, done: Completion) -> Rc<Gather> {
-        Rc::new(Gather {
-            left: Cell::new(n),
-            worst: RefCell::new(None),
-            done: Cell::new(Some(done)),
-        })
+impl Fold for Gather {
+    fn add(&mut self, _part: usize, reply: Reply) -> Option<Reply> {
+        let ok = matches!(&reply, Reply::Data(d) if &d[..] == b"OK\r\n");
+        let keep_new = match &self.worst {
+            None => true,
+            Some(Reply::Data(d)) if &d[..] == b"OK\r\n" => !ok,
+            Some(_) => false,
+        };
+        if keep_new {
+            self.worst = Some(reply);
+        }
+        None
     }
 
-    fn done(&self, reply: Reply) {
-        {
-            let mut worst = self.worst.borrow_mut();
-            let ok = matches!(&reply, Reply::Data(d) if &d[..] == b"OK\r\n");
-            let keep_new = match &*worst {
-                None => true,
-                Some(Reply::Data(d)) if &d[..] == b"OK\r\n" => !ok,
-                Some(_) => false,
-            };
-            if keep_new {
-                *worst = Some(reply);
-            }
-        }
-        let left = self.left.get() - 1;
-        self.left.set(left);
-        if left == 0 {
-            if let (Some(done), Some(reply)) = (self.done.take(), self.worst.take()) {
-                done.complete(reply);
-            }
-        }
+    fn finish(&mut self) -> Option<Reply> {
+        self.worst.take()
     }
 }
 
@@ -296,13 +282,12 @@ impl Gather {
 /// and do not add up (sizes, ages, limits, settings: the first server's value is kept, or
 /// the largest for ages). A server that failed makes the whole reply its error. `reset`
 /// answers `RESET` once every server did.
+#[derive(Default)]
 pub struct MergeStats {
-    left: Cell<usize>,
     /// Stat names in first-seen order, with their merged value.
-    lines: RefCell<Vec<(String, String)>>,
-    failed: RefCell<Option<Reply>>,
-    other: RefCell<Option<Reply>>,
-    done: Cell<Option<Completion>>,
+    lines: Vec<(String, String)>,
+    failed: Option<Reply>,
+    other: Option<Reply>,
 }
 
 /// Stats whose value is the same kind of thing on every server (not a count to add).
@@ -333,34 +318,23 @@ fn kept_not_summed(name: &str) -> bool {
     ) || field.starts_with("lru")
 }
 
-impl MergeStats {
-    pub fn new(n: usize, done: Completion) -> Rc<MergeStats> {
-        Rc::new(MergeStats {
-            left: Cell::new(n),
-            lines: RefCell::new(Vec::new()),
-            failed: RefCell::new(None),
-            other: RefCell::new(None),
-            done: Cell::new(Some(done)),
-        })
-    }
-
-    fn done(&self, reply: Reply) {
+impl Fold for MergeStats {
+    fn add(&mut self, _part: usize, reply: Reply) -> Option<Reply> {
         let bytes = wire::bytes_of(&reply).into_owned();
         if reply.is_error() || bytes.starts_with(b"SERVER_ERROR") || bytes.starts_with(b"ERROR") {
-            self.failed.borrow_mut().get_or_insert(reply);
+            self.failed.get_or_insert(reply);
         } else if !bytes.starts_with(b"STAT ") {
             // `RESET`, or an empty `END`.
-            self.other.borrow_mut().get_or_insert(reply);
+            self.other.get_or_insert(reply);
         } else {
-            let mut lines = self.lines.borrow_mut();
             for line in bytes.split(|&b| b == b'\n') {
                 let line = String::from_utf8_lossy(line);
                 let Some(rest) = line.trim_end_matches('\r').strip_prefix("STAT ") else {
                     continue;
                 };
                 let (name, value) = rest.split_once(' ').unwrap_or((rest, ""));
-                match lines.iter_mut().find(|(n, _)| n == name) {
-                    None => lines.push((name.to_string(), value.to_string())),
+                match self.lines.iter_mut().find(|(n, _)| n == name) {
+                    None => self.lines.push((name.to_string(), value.to_string())),
                     Some((_, v)) => {
                         if let (Ok(a), Ok(b)) = (v.parse::<u64>(), value.parse::<u64>()) {
                             let field = name.rsplit(':').next().unwrap_or(name);
@@ -377,19 +351,17 @@ impl MergeStats {
                 }
             }
         }
-        let left = self.left.get() - 1;
-        self.left.set(left);
-        if left > 0 {
-            return;
-        }
-        let Some(done) = self.done.take() else { return };
+        None
+    }
+
+    fn finish(&mut self) -> Option<Reply> {
         if let Some(f) = self.failed.take() {
-            return done.complete(f);
+            return Some(f);
         }
-        let lines = self.lines.take();
+        let lines = std::mem::take(&mut self.lines);
         if lines.is_empty() {
             if let Some(o) = self.other.take() {
-                return done.complete(o);
+                return Some(o);
             }
         }
         let mut out = String::new();
@@ -401,6 +373,16 @@ impl MergeStats {
             out.push_str("\r\n");
         }
         out.push_str("END\r\n");
-        done.complete(Reply::Data(Bytes::from(out)));
+        Some(Reply::Data(Bytes::from(out)))
+    }
+}
+
+/// Answers every request with the same router error (`SERVER_ERROR <reason>`): a pool the
+/// worker could not build.
+pub struct ErrorRoute(pub &'static str);
+
+impl Route for ErrorRoute {
+    fn route(&self, _req: Request, done: Completion) {
+        done.complete(Reply::error(self.0))
     }
 }

@@ -1,16 +1,21 @@
 //! A pool: servers with weights, a hash function and a distribution. The pool route hashes
-//! each key to a server and hands the request to that server's backend connection.
+//! each key to a server and hands the request to that server's backend connection; a
+//! multi-get is split by server and merged back; `flush_all` and `stats` go to every server
+//! (`stats` merged, see [`super::MergeStats`]); `version` to the first.
+//!
+//! In a route tree, a pool is its name, or `{ type = "pool", pool = "NAME" }`.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::hash::{ketama::Continuum, HashFn};
-use super::{Completion, Gather, MergeGet, MergeStats, Reply, Route};
+use super::joiner::Joiner;
+use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
+use super::{split_multi_get, Completion, ErrorRoute, Gather, MergeStats, Reply, Route, RouteRef};
 use crate::backend::BackendConn;
+use crate::config::ConfigError;
 use crate::health::Watch;
-use crate::protocol::{KeyedRequest, MultiGetRequest, Request};
+use crate::protocol::{Cmd, KeyedRequest, MultiGetRequest, Request};
 use crate::stats::WorkerStats;
 
 /// How keys spread over servers (twemproxy's `distribution:`).
@@ -181,47 +186,21 @@ impl PoolRoute {
     }
 
     fn multi_get(&self, req: MultiGetRequest, done: Completion) {
-        let targets: Vec<usize> = req
-            .keys
-            .iter()
-            .map(|k| self.placement.server_for(k))
-            .collect();
-        let first = targets[0];
-        if targets.iter().all(|&t| t == first) {
-            let Some(done) = self.checked(first, done) else {
-                return;
-            };
-            let key = req.keys[0].clone();
-            self.conn(first, &key).send(Request::MultiGet(req), done);
-            return;
-        }
-        // One part per server, in order of first appearance.
-        let mut order: Vec<usize> = Vec::new();
-        let mut parts: Vec<Vec<u32>> = Vec::new();
-        for (pos, &t) in targets.iter().enumerate() {
-            match order.iter().position(|&s| s == t) {
-                Some(p) => parts[p].push(pos as u32),
-                None => {
-                    order.push(t);
-                    parts.push(vec![pos as u32]);
-                }
-            }
-        }
-        let head = req.with_keys(Vec::new());
-        let merge = MergeGet::new(req.keys, parts, done);
-        for (part, &server) in order.iter().enumerate() {
-            let keys: Vec<Bytes> = merge
-                .part_keys(part)
-                .iter()
-                .map(|&p| merge.keys()[p as usize].clone())
-                .collect();
-            let first_key = keys[0].clone();
-            let Some(done) = self.checked(server, Completion::Part(merge.clone(), part)) else {
-                continue;
-            };
-            self.conn(server, &first_key)
-                .send(Request::MultiGet(head.with_keys(keys)), done);
-        }
+        split_multi_get(
+            req,
+            |k| self.placement.server_for(k),
+            |server, share, done| {
+                let Some(done) = self.checked(server, done) else {
+                    return;
+                };
+                let Request::MultiGet(m) = &share else {
+                    unreachable!("a multi-get share")
+                };
+                let first_key = m.keys[0].clone();
+                self.conn(server, &first_key).send(share, done);
+            },
+            done,
+        )
     }
 }
 
@@ -234,19 +213,97 @@ impl Route for PoolRoute {
             Request::Keyed(k) => self.keyed(k, done),
             Request::MultiGet(m) => self.multi_get(m, done),
             Request::FlushAll { .. } => {
-                let gather = Gather::new(self.servers.len(), done);
-                for conns in &self.servers {
-                    conns[0].send(req.clone(), Completion::Gather(gather.clone()));
+                let gather = Joiner::new(self.servers.len(), Gather::default(), done);
+                for (i, conns) in self.servers.iter().enumerate() {
+                    conns[0].send(req.clone(), gather.part(i));
                 }
             }
             Request::Version => self.servers[0][0].send(req, done),
             // Every server's view, merged into one (see `MergeStats`).
             Request::Stats { .. } => {
-                let merge = MergeStats::new(self.servers.len(), done);
-                for conns in &self.servers {
-                    conns[0].send(req.clone(), Completion::Stats(merge.clone()));
+                let merge = Joiner::new(self.servers.len(), MergeStats::default(), done);
+                for (i, conns) in self.servers.iter().enumerate() {
+                    conns[0].send(req.clone(), merge.part(i));
                 }
             }
+        }
+    }
+}
+
+pub const TYPE: RouteType = RouteType {
+    name: "pool",
+    keys: &["pool"],
+    parse,
+};
+
+/// A pool of the config, by index into `Config::pools`.
+#[derive(Debug)]
+pub struct PoolSpec(pub usize);
+
+/// The spec of pool `index` (what a pool's name in a route tree resolves to).
+pub fn spec(index: usize) -> RouteSpec {
+    Box::new(PoolSpec(index))
+}
+
+fn parse(p: &mut Parser, t: &Table) -> Result<RouteSpec, ConfigError> {
+    let Some((name, at)) = p.string(t, "pool")? else {
+        return Err(p.needs(t, "pool"));
+    };
+    match p.pools().iter().position(|n| n == name) {
+        Some(i) => Ok(spec(i)),
+        None => Err(p.err(
+            at,
+            format!(
+                "pool {name:?} is not defined (pools: {})",
+                p.pools().join(", ")
+            ),
+        )),
+    }
+}
+
+impl Spec for PoolSpec {
+    fn build(&self, b: &Build) -> RouteRef {
+        match b.pools.get(self.0) {
+            Some(Some(p)) => p.clone(),
+            _ => Rc::new(ErrorRoute("pool unavailable")),
+        }
+    }
+
+    /// `pool:NAME@server` and that server; every server for `flush_all` or a random
+    /// distribution.
+    fn describe(&self, d: &mut Describe) {
+        let plan = d.plan;
+        let Some(pool) = plan.config.pools.get(self.0) else {
+            return;
+        };
+        let placement = &plan.placements[self.0];
+        let reached: Vec<usize> = match &placement.dist {
+            Distribution::Random(_) => (0..pool.servers.len()).collect(),
+            _ if d.cmd == Cmd::FlushAll => (0..pool.servers.len()).collect(),
+            _ => vec![placement.server_for(d.key)],
+        };
+        d.write(format_args!("pool:{}", pool.name));
+        if let [one] = reached[..] {
+            d.write(format_args!("@{}", pool.servers[one].label));
+        }
+        for s in reached {
+            let state = plan.servers[self.0]
+                .get(s)
+                .map_or("unknown", |st| st.state());
+            d.server(format!(
+                "server {} {} {state}",
+                pool.name, pool.servers[s].label
+            ));
+        }
+    }
+
+    fn children(&self) -> Vec<&RouteSpec> {
+        Vec::new()
+    }
+
+    fn pools(&self, out: &mut Vec<usize>) {
+        if !out.contains(&self.0) {
+            out.push(self.0)
         }
     }
 }
