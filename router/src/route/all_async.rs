@@ -111,3 +111,51 @@ impl Route for AllAsyncRoute {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    #[test]
+    fn the_first_good_reply_answers_at_once_and_later_failures_are_counted() {
+        let log = log();
+        let slow = Fake::new("slow", &log, Answer::Hold);
+        let fast = Fake::new("fast", &log, STORED);
+        let stats = stats();
+        let r = AllAsyncRoute::new(vec![slow.as_route(), fast.as_route()], stats.clone());
+        assert_eq!(ask(&r, "set k 0 0 1\r\nv\r\n").unwrap(), "STORED\r\n");
+        assert_eq!(
+            calls(&log),
+            ["slow: set k 0 0 \"v\"", "fast: set k 0 0 \"v\""]
+        );
+        assert_eq!(slow.held(), 1);
+        slow.release("SERVER_ERROR out of memory\r\n");
+        assert_eq!(stats.async_failures.get(), 1);
+    }
+
+    #[test]
+    fn a_failure_does_not_answer_while_another_child_may_succeed() {
+        let log = log();
+        let down = Fake::new("down", &log, Answer::Error);
+        let slow = Fake::new("slow", &log, Answer::Hold);
+        let stats = stats();
+        let r = AllAsyncRoute::new(vec![down.as_route(), slow.as_route()], stats.clone());
+        let got = ask_later(&r, "delete k\r\n");
+        assert_eq!(*got.borrow(), None);
+        slow.release("DELETED\r\n");
+        assert_eq!(got.borrow().as_deref(), Some("DELETED\r\n"));
+        assert_eq!(stats.async_failures.get(), 1, "the failure nobody saw");
+    }
+
+    #[test]
+    fn when_every_child_fails_the_client_sees_the_last_failure() {
+        let log = log();
+        let a = Fake::new("a", &log, Answer::Error);
+        let b = Fake::new("b", &log, Answer::Data("CLIENT_ERROR bad\r\n"));
+        let stats = stats();
+        let r = AllAsyncRoute::new(vec![a.as_route(), b.as_route()], stats.clone());
+        assert_eq!(ask(&r, "incr k 1\r\n").unwrap(), "CLIENT_ERROR bad\r\n");
+        assert_eq!(stats.async_failures.get(), 1);
+    }
+}

@@ -70,3 +70,27 @@ impl Route for AllInitialRoute {
         first.route(req, done);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    #[test]
+    fn the_first_childs_reply_the_others_in_the_background() {
+        let log = log();
+        let first = Fake::new("first", &log, Answer::Hold);
+        let other = Fake::new("other", &log, Answer::Error);
+        let stats = stats();
+        let r = AllInitialRoute::new(vec![first.as_route(), other.as_route()], stats.clone());
+        let got = ask_later(&r, "set k 0 0 1\r\nv\r\n");
+        assert_eq!(
+            calls(&log),
+            ["other: set k 0 0 \"v\"", "first: set k 0 0 \"v\""]
+        );
+        assert_eq!(*got.borrow(), None, "the other child does not answer");
+        assert_eq!(stats.async_failures.get(), 1);
+        first.release("NOT_STORED\r\n");
+        assert_eq!(got.borrow().as_deref(), Some("NOT_STORED\r\n"));
+    }
+}

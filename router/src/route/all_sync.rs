@@ -88,3 +88,59 @@ impl Route for AllSyncRoute {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    fn route(children: &[&Rc<Fake>]) -> AllSyncRoute {
+        AllSyncRoute::new(children.iter().map(|c| c.as_route()).collect())
+    }
+
+    #[test]
+    fn every_child_gets_the_request_and_the_worst_reply_wins() {
+        let log = log();
+        let (a, b, c) = (
+            Fake::new("a", &log, STORED),
+            Fake::new("b", &log, NOT_STORED),
+            Fake::new("c", &log, STORED),
+        );
+        let r = route(&[&a, &b, &c]);
+        assert_eq!(ask(&r, "set k 0 0 1\r\nv\r\n").unwrap(), "NOT_STORED\r\n");
+        assert_eq!(
+            calls(&log),
+            [
+                "a: set k 0 0 \"v\"",
+                "b: set k 0 0 \"v\"",
+                "c: set k 0 0 \"v\""
+            ]
+        );
+        let e = Fake::new("e", &log, Answer::Error);
+        let r = route(&[&a, &e, &b]);
+        assert_eq!(
+            ask(&r, "delete k\r\n").unwrap(),
+            "SERVER_ERROR timeout\r\n",
+            "a router error is worse than anything"
+        );
+        let server = Fake::new("s", &log, Answer::Data("SERVER_ERROR out of memory\r\n"));
+        let client = Fake::new("c", &log, Answer::Data("CLIENT_ERROR bad\r\n"));
+        let r = route(&[&client, &server, &b]);
+        assert_eq!(
+            ask(&r, "get k\r\n").unwrap(),
+            "SERVER_ERROR out of memory\r\n"
+        );
+    }
+
+    #[test]
+    fn among_equals_the_earliest_child_and_it_waits_for_all() {
+        let log = log();
+        let a = Fake::new("a", &log, Answer::Hold);
+        let b = Fake::new("b", &log, NOT_STORED);
+        let r = route(&[&a, &b]);
+        let got = ask_later(&r, "add k 0 0 1\r\nv\r\n");
+        assert_eq!(*got.borrow(), None, "answered before a replied");
+        a.release("NOT_FOUND\r\n");
+        assert_eq!(got.borrow().as_deref(), Some("NOT_FOUND\r\n"));
+    }
+}

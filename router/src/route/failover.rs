@@ -129,3 +129,110 @@ impl Route for FailoverRoute {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    fn route(children: &[&Rc<Fake>], stats: &Arc<WorkerStats>) -> FailoverRoute {
+        FailoverRoute::new(
+            children.iter().map(|c| c.as_route()).collect(),
+            10,
+            stats.clone(),
+        )
+    }
+
+    #[test]
+    fn a_router_error_fails_over_a_miss_or_server_error_does_not() {
+        let log = log();
+        let stats = stats();
+        let main = Fake::new("main", &log, MISS).then(&[
+            Answer::Error,
+            MISS,
+            Answer::Data("SERVER_ERROR out of memory\r\n"),
+        ]);
+        let gutter = Fake::new("gutter", &log, Answer::Data("VALUE k 0 1\r\ng\r\nEND\r\n"));
+        let r = route(&[&main, &gutter], &stats);
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "VALUE k 0 1\r\ng\r\nEND\r\n");
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "END\r\n");
+        assert_eq!(
+            ask(&r, "get k\r\n").unwrap(),
+            "SERVER_ERROR out of memory\r\n"
+        );
+        assert_eq!(
+            calls(&log),
+            ["main: get k", "gutter: get k", "main: get k", "main: get k"]
+        );
+        assert_eq!(stats.failovers.get(), 1);
+        assert_eq!(stats.gutter_sets.get(), 0, "a get is no gutter set");
+    }
+
+    #[test]
+    fn the_last_childs_error_is_the_answer() {
+        let log = log();
+        let stats = stats();
+        let a = Fake::new("a", &log, Answer::Error);
+        let b = Fake::new("b", &log, Answer::Error);
+        let r = route(&[&a, &b], &stats);
+        assert_eq!(ask(&r, "delete k\r\n").unwrap(), "SERVER_ERROR timeout\r\n");
+        assert_eq!(calls(&log), ["a: delete k", "b: delete k"]);
+    }
+
+    #[test]
+    fn a_set_in_the_gutter_has_its_ttl_capped() {
+        let log = log();
+        let stats = stats();
+        let main = Fake::new("main", &log, Answer::Error);
+        let gutter = Fake::new("gutter", &log, STORED);
+        let r = route(&[&main, &gutter], &stats);
+        for line in [
+            "set k 3 0 1\r\nv\r\n",
+            "set k 3 5 1\r\nv\r\n",
+            "add k 3 100 1\r\nv\r\n",
+            "set k 3 2000000000 1\r\nv\r\n",
+            "ms k 1 T100 O7 F3\r\nv\r\n",
+            "ms k 1\r\nv\r\n",
+            "delete k\r\n",
+        ] {
+            assert_eq!(ask(&r, line).unwrap(), "STORED\r\n", "{line}");
+        }
+        let to_gutter: Vec<String> = calls(&log)
+            .into_iter()
+            .filter(|c| c.starts_with("gutter"))
+            .collect();
+        assert_eq!(
+            to_gutter,
+            [
+                "gutter: set k 3 10 \"v\"",
+                "gutter: set k 3 5 \"v\"",
+                "gutter: add k 3 10 \"v\"",
+                "gutter: set k 3 10 \"v\"",
+                "gutter: ms k 1 T10 O7 F3",
+                "gutter: ms k 1 T10",
+                "gutter: delete k"
+            ]
+        );
+        assert!(
+            calls(&log).contains(&"main: set k 3 0 \"v\"".to_string()),
+            "the primary gets the TTL as sent"
+        );
+        assert_eq!(stats.gutter_sets.get(), 6);
+        assert_eq!(stats.failovers.get(), 7);
+    }
+
+    #[test]
+    fn a_multi_get_fails_over_key_by_key() {
+        let log = log();
+        let stats = stats();
+        let main = Fake::new("main", &log, Answer::Data("VALUE a 0 1\r\nm\r\nEND\r\n"))
+            .then(&[Answer::Data("VALUE a 0 1\r\nm\r\nEND\r\n"), Answer::Error]);
+        let gutter = Fake::new("gutter", &log, Answer::Data("VALUE b 0 1\r\ng\r\nEND\r\n"));
+        let r = route(&[&main, &gutter], &stats);
+        assert_eq!(
+            ask(&r, "get a b\r\n").unwrap(),
+            "VALUE a 0 1\r\nm\r\nVALUE b 0 1\r\ng\r\nEND\r\n"
+        );
+        assert_eq!(calls(&log), ["main: get a", "main: get b", "gutter: get b"]);
+    }
+}

@@ -318,3 +318,178 @@ impl Route for MasterSlaveL1Route {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    struct Setup {
+        log: Log,
+        stats: Arc<WorkerStats>,
+        route: MasterSlaveL1Route,
+    }
+
+    fn setup(master: Rc<Fake>, slave: Rc<Fake>, l1: Option<Rc<Fake>>, log: Log) -> Setup {
+        let stats = stats();
+        let route = MasterSlaveL1Route::new(
+            master.as_route(),
+            slave.as_route(),
+            l1.iter().map(|l| l.as_route()).collect(),
+            stats.clone(),
+        );
+        Setup { log, stats, route }
+    }
+
+    #[test]
+    fn a_get_reads_l1_master_slave_and_backfills_the_layers_that_missed() {
+        let log = log();
+        let s = setup(
+            Fake::new("master", &log, STORED).then(&[MG_MISS]),
+            Fake::new("slave", &log, Answer::Data("VA 1 f4 t60\r\ns\r\n")),
+            Some(Fake::new("l1", &log, STORED).then(&[MG_MISS])),
+            log,
+        );
+        assert_eq!(
+            ask(&s.route, "get k\r\n").unwrap(),
+            "VALUE k 4 1\r\ns\r\nEND\r\n"
+        );
+        assert_eq!(
+            calls(&s.log),
+            [
+                "l1: mg k v f t",
+                "master: mg k v f t",
+                "slave: mg k v f t",
+                "l1: add k 4 60 \"s\"",
+                "master: add k 4 60 \"s\""
+            ]
+        );
+        assert_eq!(s.stats.backfills.get(), 2);
+    }
+
+    #[test]
+    fn a_gets_on_a_master_miss_reseeds_the_master_from_the_slave() {
+        let log = log();
+        let s = setup(
+            Fake::new("master", &log, MISS).then(&[
+                MISS,
+                STORED,
+                Answer::Data("VALUE k 4 1 9\r\ns\r\nEND\r\n"),
+            ]),
+            Fake::new("slave", &log, Answer::Data("VA 1 f4 t-1 c3\r\ns\r\n")),
+            None,
+            log,
+        );
+        assert_eq!(
+            ask(&s.route, "gets k\r\n").unwrap(),
+            "VALUE k 4 1 9\r\ns\r\nEND\r\n",
+            "the master's CAS"
+        );
+        assert_eq!(
+            calls(&s.log),
+            [
+                "master: gets k",
+                "slave: mg k v f t c",
+                "master: add k 4 0 \"s\"",
+                "master: gets k"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_add_sets_every_copy_once_the_master_stored_it() {
+        let log = log();
+        let s = setup(
+            Fake::new("master", &log, STORED).then(&[NOT_STORED]),
+            Fake::new("slave", &log, STORED),
+            Some(Fake::new("l1", &log, STORED)),
+            log,
+        );
+        assert_eq!(
+            ask(&s.route, "add k 1 30 1\r\nv\r\n").unwrap(),
+            "NOT_STORED\r\n"
+        );
+        assert_eq!(
+            ask(&s.route, "add k 1 30 1\r\nv\r\n").unwrap(),
+            "STORED\r\n"
+        );
+        assert_eq!(
+            calls(&s.log),
+            [
+                "master: add k 1 30 \"v\"",
+                "master: add k 1 30 \"v\"",
+                "slave: set k 1 30 \"v\"",
+                "l1: set k 1 30 \"v\""
+            ]
+        );
+    }
+
+    #[test]
+    fn set_and_delete_reach_everyone_with_the_masters_reply() {
+        let log = log();
+        let s = setup(
+            Fake::new("master", &log, STORED),
+            Fake::new("slave", &log, Answer::Error),
+            Some(Fake::new("l1", &log, NOT_STORED)),
+            log,
+        );
+        assert_eq!(ask(&s.route, "set k 0 0 1\r\nv\r\n").unwrap(), "STORED\r\n");
+        assert_eq!(
+            calls(&s.log),
+            [
+                "slave: set k 0 0 \"v\"",
+                "l1: set k 0 0 \"v\"",
+                "master: set k 0 0 \"v\""
+            ]
+        );
+        assert_eq!(s.stats.async_failures.get(), 1, "the slave's error");
+    }
+
+    #[test]
+    fn other_writes_go_to_the_master_and_drop_the_copies_when_they_succeed() {
+        let log = log();
+        let s = setup(
+            Fake::new("master", &log, Answer::Data("11\r\n"))
+                .then(&[Answer::Data("NOT_FOUND\r\n")]),
+            Fake::new("slave", &log, DELETED),
+            Some(Fake::new("l1", &log, DELETED)),
+            log,
+        );
+        assert_eq!(ask(&s.route, "incr n 1\r\n").unwrap(), "NOT_FOUND\r\n");
+        assert_eq!(ask(&s.route, "incr n 1\r\n").unwrap(), "11\r\n");
+        assert_eq!(
+            calls(&s.log),
+            [
+                "master: incr n 1",
+                "master: incr n 1",
+                "slave: delete n",
+                "l1: delete n"
+            ]
+        );
+    }
+
+    #[test]
+    fn flush_all_reaches_everyone_and_the_rest_goes_to_the_master() {
+        let log = log();
+        let ok = Answer::Data("OK\r\n");
+        let s = setup(
+            Fake::new("master", &log, ok.clone()),
+            Fake::new("slave", &log, ok.clone()),
+            Some(Fake::new("l1", &log, ok)),
+            log,
+        );
+        assert_eq!(ask(&s.route, "flush_all\r\n").unwrap(), "OK\r\n");
+        ask(&s.route, "mg k v\r\n");
+        ask(&s.route, "gat 10 k\r\n");
+        assert_eq!(
+            calls(&s.log),
+            [
+                "master: flush_all",
+                "slave: flush_all",
+                "l1: flush_all",
+                "master: mg k v",
+                "master: gat k"
+            ]
+        );
+    }
+}

@@ -111,3 +111,59 @@ impl Route for MissFailoverRoute {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    const HIT: Answer = Answer::Data("VALUE k 0 1\r\no\r\nEND\r\n");
+
+    #[test]
+    fn a_get_tries_the_children_until_one_hits() {
+        let log = log();
+        let new = Fake::new("new", &log, MISS).then(&[MISS, Answer::Error, HIT]);
+        let old = Fake::new("old", &log, HIT);
+        let r = MissFailoverRoute::new(vec![new.as_route(), old.as_route()]);
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "VALUE k 0 1\r\no\r\nEND\r\n");
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "VALUE k 0 1\r\no\r\nEND\r\n");
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "VALUE k 0 1\r\no\r\nEND\r\n");
+        assert_eq!(
+            calls(&log),
+            [
+                "new: get k",
+                "old: get k",
+                "new: get k",
+                "old: get k",
+                "new: get k"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_last_childs_miss_is_the_answer_and_writes_go_to_the_first() {
+        let log = log();
+        let new = Fake::new("new", &log, MISS);
+        let old = Fake::new("old", &log, MG_MISS);
+        let r = MissFailoverRoute::new(vec![new.as_route(), old.as_route()]);
+        assert_eq!(ask(&r, "mg k v\r\n").unwrap(), "EN\r\n");
+        assert_eq!(ask(&r, "set k 0 0 1\r\nv\r\n").unwrap(), "END\r\n");
+        assert_eq!(
+            calls(&log),
+            ["new: mg k v", "old: mg k v", "new: set k 0 0 \"v\""]
+        );
+    }
+
+    #[test]
+    fn a_multi_get_fails_over_key_by_key() {
+        let log = log();
+        let new = Fake::new("new", &log, MISS).then(&[Answer::Data("VALUE a 0 1\r\nn\r\nEND\r\n")]);
+        let old = Fake::new("old", &log, Answer::Data("VALUE b 0 1\r\no\r\nEND\r\n"));
+        let r = MissFailoverRoute::new(vec![new.as_route(), old.as_route()]);
+        assert_eq!(
+            ask(&r, "get a b\r\n").unwrap(),
+            "VALUE a 0 1\r\nn\r\nVALUE b 0 1\r\no\r\nEND\r\n"
+        );
+        assert_eq!(calls(&log), ["new: get a", "new: get b", "old: get b"]);
+    }
+}

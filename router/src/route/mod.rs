@@ -27,6 +27,9 @@ pub mod spec;
 pub mod warmup;
 pub mod wire;
 
+#[cfg(test)]
+mod fake;
+
 use std::rc::Rc;
 
 use bytes::Bytes;

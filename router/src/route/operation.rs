@@ -154,3 +154,54 @@ impl Route for OperationRoute {
         child.route(req, done)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    #[test]
+    fn the_commands_class_picks_the_child_else_the_default() {
+        let log = log();
+        let child = |n| Fake::new(n, &log, STORED).as_route();
+        let r = Operations::new(
+            vec![
+                (OpClass::Get, child("get")),
+                (OpClass::Set, child("set")),
+                (OpClass::Delete, child("delete")),
+                (OpClass::Arith, child("arith")),
+                (OpClass::FlushAll, child("flush")),
+            ],
+            child("default"),
+        );
+        for line in [
+            "get k\r\n",
+            "gets a b\r\n",
+            "mg k v\r\n",
+            "add k 0 0 1\r\nv\r\n",
+            "ms k 1\r\nv\r\n",
+            "md k\r\n",
+            "decr k 1\r\n",
+            "touch k 10\r\n",
+            "flush_all\r\n",
+            "version\r\n",
+        ] {
+            ask(&r, line);
+        }
+        assert_eq!(
+            calls(&log),
+            [
+                "get: get k",
+                "get: gets a b",
+                "get: mg k v",
+                "set: add k 0 0 \"v\"",
+                "set: ms k 1",
+                "delete: md k",
+                "arith: decr k 1",
+                "default: touch k 10",
+                "flush: flush_all",
+                "default: version"
+            ]
+        );
+    }
+}

@@ -125,3 +125,80 @@ impl Route for PrefixRoute {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    fn tree(log: &Log) -> PrefixRoute {
+        let short = Fake::new(
+            "short",
+            log,
+            Answer::Data("VALUE big:1 0 1\r\ns\r\nEND\r\n"),
+        );
+        let long = Fake::new("long", log, STORED);
+        let default = Fake::new(
+            "default",
+            log,
+            Answer::Data("VALUE user:1 0 1\r\nd\r\nEND\r\n"),
+        );
+        Prefixes::new(
+            vec![
+                (b"big:".to_vec(), short.as_route()),
+                (b"big:small:".to_vec(), long.as_route()),
+            ],
+            default.as_route(),
+        )
+    }
+
+    #[test]
+    fn the_longest_matching_prefix_picks_the_child() {
+        let log = log();
+        let r = tree(&log);
+        assert_eq!(
+            ask(&r, "set big:small:1 0 0 1\r\nv\r\n").unwrap(),
+            "STORED\r\n"
+        );
+        ask(&r, "delete big:1\r\n");
+        ask(&r, "delete plain\r\n");
+        ask(&r, "delete bi\r\n");
+        assert_eq!(
+            calls(&log),
+            [
+                "long: set big:small:1 0 0 \"v\"",
+                "short: delete big:1",
+                "default: delete plain",
+                "default: delete bi"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_multi_get_is_split_by_child_and_merged_in_order() {
+        let log = log();
+        let r = tree(&log);
+        assert_eq!(
+            ask(&r, "get user:1 big:1 user:2\r\n").unwrap(),
+            "VALUE user:1 0 1\r\nd\r\nVALUE big:1 0 1\r\ns\r\nEND\r\n"
+        );
+        assert_eq!(
+            calls(&log),
+            ["default: get user:1 user:2", "short: get big:1"]
+        );
+    }
+
+    #[test]
+    fn flush_all_reaches_every_child_version_the_default() {
+        let log = log();
+        let ok = |n| Fake::new(n, &log, Answer::Data("OK\r\n"));
+        let (a, d) = (ok("a"), ok("default"));
+        let r = Prefixes::new(vec![(b"a:".to_vec(), a.as_route())], d.as_route());
+        assert_eq!(ask(&r, "flush_all\r\n").unwrap(), "OK\r\n");
+        ask(&r, "version\r\n");
+        assert_eq!(
+            calls(&log),
+            ["a: flush_all", "default: flush_all", "default: version"]
+        );
+    }
+}

@@ -64,3 +64,26 @@ impl Route for RandomRoute {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    #[test]
+    fn each_request_goes_to_one_child_and_every_child_gets_some() {
+        let log = log();
+        let a = Fake::new("a", &log, Answer::Data("VALUE k 0 1\r\na\r\nEND\r\n"));
+        let b = Fake::new("b", &log, MISS);
+        let r = RandomRoute::new(vec![a.as_route(), b.as_route()]);
+        let mut replies = Vec::new();
+        for _ in 0..200 {
+            replies.push(ask(&r, "get k\r\n").unwrap());
+        }
+        assert_eq!(calls(&log).len(), 200, "one child per request");
+        let hits = replies.iter().filter(|r| r.starts_with("VALUE")).count();
+        let from_a = calls(&log).iter().filter(|c| c.starts_with("a:")).count();
+        assert_eq!(hits, from_a, "the reply is the chosen child's");
+        assert!(from_a > 0 && from_a < 200, "{from_a} of 200 to a");
+    }
+}

@@ -246,3 +246,114 @@ impl Route for WarmupRoute {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
+
+    const WARM_HIT: Answer = Answer::Data("VA 1 f5 t30\r\nw\r\n");
+
+    fn route(cold: &Rc<Fake>, warm: &Rc<Fake>, stats: &Arc<WorkerStats>) -> WarmupRoute {
+        WarmupRoute::new(cold.as_route(), warm.as_route(), 2, stats.clone())
+    }
+
+    #[test]
+    fn a_cold_miss_is_read_warm_and_backfilled_with_add_and_the_remaining_ttl() {
+        let log = log();
+        let stats = stats();
+        let cold = Fake::new("cold", &log, STORED).then(&[MISS]);
+        let warm = Fake::new("warm", &log, WARM_HIT);
+        let r = route(&cold, &warm, &stats);
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "VALUE k 5 1\r\nw\r\nEND\r\n");
+        assert_eq!(
+            calls(&log),
+            ["cold: get k", "warm: mg k v f t", "cold: add k 5 30 \"w\""]
+        );
+        assert_eq!((stats.warm_hits.get(), stats.backfills.get()), (1, 1));
+    }
+
+    #[test]
+    fn a_refused_add_or_a_gets_reads_cold_again() {
+        let log = log();
+        let stats = stats();
+        let cold = Fake::new("cold", &log, MISS).then(&[
+            MISS,
+            NOT_STORED,
+            Answer::Data("VALUE k 9 1\r\nc\r\nEND\r\n"),
+            MISS,
+            STORED,
+            Answer::Data("VALUE k 5 1 77\r\nw\r\nEND\r\n"),
+        ]);
+        let warm = Fake::new("warm", &log, WARM_HIT);
+        let r = route(&cold, &warm, &stats);
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "VALUE k 9 1\r\nc\r\nEND\r\n");
+        assert_eq!(
+            ask(&r, "gets k\r\n").unwrap(),
+            "VALUE k 5 1 77\r\nw\r\nEND\r\n"
+        );
+        assert_eq!(
+            calls(&log),
+            [
+                "cold: get k",
+                "warm: mg k v f t",
+                "cold: add k 5 30 \"w\"",
+                "cold: get k",
+                "cold: gets k",
+                "warm: mg k v f t",
+                "cold: add k 5 30 \"w\"",
+                "cold: gets k"
+            ]
+        );
+        assert_eq!(stats.backfills.get(), 1);
+    }
+
+    #[test]
+    fn a_delete_is_followed_by_the_holdoff_tombstone() {
+        let log = log();
+        let stats = stats();
+        let cold = Fake::new("cold", &log, STORED).then(&[DELETED]);
+        let warm = Fake::new("warm", &log, WARM_HIT);
+        let r = route(&cold, &warm, &stats);
+        assert_eq!(ask(&r, "delete k\r\n").unwrap(), "DELETED\r\n");
+        let flags = marker::holdoff::TOMBSTONE_FLAGS;
+        assert_eq!(
+            calls(&log),
+            [
+                "cold: delete k".to_string(),
+                format!("cold: set k {flags} 2 \"\"")
+            ]
+        );
+        assert_eq!(stats.holdoffs.get(), 1);
+    }
+
+    #[test]
+    fn a_tombstone_reads_as_a_miss_without_asking_warm() {
+        let log = log();
+        let stats = stats();
+        let flags = marker::holdoff::TOMBSTONE_FLAGS;
+        let tombstone: &'static str =
+            Box::leak(format!("VALUE k {flags} 0\r\n\r\nEND\r\n").into_boxed_str());
+        let cold = Fake::new("cold", &log, Answer::Data(tombstone));
+        let warm = Fake::new("warm", &log, WARM_HIT);
+        let r = route(&cold, &warm, &stats);
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "END\r\n");
+        assert_eq!(calls(&log), ["cold: get k"]);
+    }
+
+    #[test]
+    fn a_warm_miss_is_a_miss_and_writes_go_to_cold_only() {
+        let log = log();
+        let stats = stats();
+        let cold = Fake::new("cold", &log, MISS).then(&[MISS]);
+        let warm = Fake::new("warm", &log, MG_MISS);
+        let r = route(&cold, &warm, &stats);
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "END\r\n");
+        ask(&r, "set k 0 0 1\r\nv\r\n");
+        assert_eq!(
+            calls(&log),
+            ["cold: get k", "warm: mg k v f t", "cold: set k 0 0 \"v\""]
+        );
+        assert_eq!(stats.warm_hits.get(), 0);
+    }
+}
