@@ -23,7 +23,7 @@ use crate::health::Watch;
 use crate::protocol::{Limits, Request};
 use crate::route::pool::{Placement, PoolRoute};
 use crate::route::spec::{Build, RouteSpec};
-use crate::route::{registry, Completion, Route, RouteRef};
+use crate::route::{registry, Completion, ErrorRoute, Route, RouteRef};
 use crate::stats::{ServerStats, Shared, WorkerStats};
 
 /// What workers run: a validated config with its route tree, placements and per-server
@@ -109,7 +109,8 @@ impl LiveRoute {
             shared,
             stats,
             generation: Cell::new(0),
-            tree: RefCell::new(Rc::new(Nothing)),
+            // The tree before the first build.
+            tree: RefCell::new(Rc::new(ErrorRoute("no route"))),
             backends: RefCell::new(HashMap::new()),
         };
         live.rebuild();
@@ -213,15 +214,6 @@ impl Route for LiveRoute {
             self.rebuild();
         }
         self.tree.borrow().route(req, done)
-    }
-}
-
-/// The tree before the first build.
-struct Nothing;
-
-impl Route for Nothing {
-    fn route(&self, _req: Request, done: Completion) {
-        done.complete(crate::route::Reply::error("no route"))
     }
 }
 

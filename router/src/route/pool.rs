@@ -310,7 +310,142 @@ impl Spec for PoolSpec {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{ask, stats};
     use super::*;
+    use crate::stats::ServerStats;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// A pool route over `n` servers whose connections refuse every request at once
+    /// (a queue of 0: no socket is opened), so each server's error count says what it got.
+    fn refusing_pool(placement: Placement, n: usize) -> (PoolRoute, Vec<Arc<ServerStats>>) {
+        let worker = stats();
+        let servers: Vec<Arc<ServerStats>> = (0..n)
+            .map(|i| Arc::new(ServerStats::new("p", &format!("s{i}"))))
+            .collect();
+        let conns = servers
+            .iter()
+            .map(|s| vec![BackendConn::new(s.clone(), worker.clone(), 0)])
+            .collect();
+        (PoolRoute::new(Arc::new(placement), conns), servers)
+    }
+
+    fn errors(servers: &[Arc<ServerStats>]) -> Vec<u64> {
+        servers.iter().map(|s| s.errors.load(Relaxed)).collect()
+    }
+
+    fn two() -> Placement {
+        Placement::new(HashFn::Md5, "modula", &[("a".into(), 1), ("b".into(), 1)])
+    }
+
+    /// Two keys the placement puts on different servers.
+    fn split_keys(p: &Placement) -> (String, String) {
+        let first = "k0".to_string();
+        let other = (1..)
+            .map(|i| format!("k{i}"))
+            .find(|k| p.server_for(k.as_bytes()) != p.server_for(first.as_bytes()))
+            .unwrap();
+        (first, other)
+    }
+
+    #[test]
+    fn a_key_goes_to_the_server_its_hash_picks() {
+        let (route, servers) = refusing_pool(two(), 2);
+        let (a, b) = split_keys(&two());
+        assert_eq!(
+            ask(&route, &format!("get {a}\r\n")).unwrap(),
+            "SERVER_ERROR backend unavailable\r\n"
+        );
+        let mut want = vec![0, 0];
+        want[two().server_for(a.as_bytes())] = 1;
+        assert_eq!(errors(&servers), want);
+        ask(&route, &format!("delete {b}\r\n"));
+        assert_eq!(errors(&servers), vec![1, 1]);
+    }
+
+    #[test]
+    fn a_multi_get_asks_each_server_once_and_failed_keys_are_misses() {
+        let (route, servers) = refusing_pool(two(), 2);
+        let (a, b) = split_keys(&two());
+        assert_eq!(
+            ask(&route, &format!("get {a} {b} {a}\r\n")).unwrap(),
+            "END\r\n"
+        );
+        assert_eq!(errors(&servers), vec![1, 1], "one share per server");
+    }
+
+    #[test]
+    fn flush_all_and_stats_reach_every_server() {
+        let (route, servers) = refusing_pool(two(), 2);
+        assert!(ask(&route, "flush_all\r\n")
+            .unwrap()
+            .starts_with("SERVER_ERROR"));
+        assert_eq!(errors(&servers), vec![1, 1]);
+        assert!(ask(&route, "stats slabs\r\n")
+            .unwrap()
+            .starts_with("SERVER_ERROR"));
+        assert_eq!(errors(&servers), vec![2, 2]);
+        ask(&route, "version\r\n");
+        assert_eq!(errors(&servers), vec![3, 2], "version: the first server");
+    }
+
+    #[test]
+    fn keys_with_the_same_hash_tag_share_a_server() {
+        let tagged = || two().with_hash_tag(Some(*b"{}"));
+        let (route, servers) = refusing_pool(tagged(), 2);
+        for k in ["user:{7}:name", "mail:{7}", "{7}"] {
+            ask(&route, &format!("get {k}\r\n"));
+        }
+        let mut want = vec![0, 0];
+        want[tagged().server_for(b"7")] = 3;
+        assert_eq!(errors(&servers), want);
+    }
+
+    #[test]
+    fn no_servers_and_an_unbuilt_pool_answer_errors() {
+        let route = PoolRoute::new(Arc::new(two()), Vec::new());
+        assert_eq!(
+            ask(&route, "get k\r\n").unwrap(),
+            "SERVER_ERROR no servers\r\n"
+        );
+        let built = spec(3).build(&Build {
+            pools: &[None],
+            stats: &stats(),
+        });
+        assert_eq!(
+            ask(&*built, "get k\r\n").unwrap(),
+            "SERVER_ERROR pool unavailable\r\n"
+        );
+    }
+
+    #[test]
+    fn weights_and_distributions_place_keys() {
+        let weighted = Placement::new(HashFn::Md5, "modula", &[("a".into(), 1), ("b".into(), 3)]);
+        let on_b = (0..4000)
+            .filter(|i| weighted.server_for(format!("key:{i}").as_bytes()) == 1)
+            .count();
+        assert!(
+            (2700..3300).contains(&on_b),
+            "{on_b} of 4000 on the weight-3 server"
+        );
+        let ch3 = Placement::new(
+            HashFn::Md5,
+            "ch3",
+            &[("a".into(), 1), ("b".into(), 1), ("c".into(), 1)],
+        );
+        let mut seen = [0; 3];
+        for i in 0..300 {
+            seen[ch3.server_for(format!("key:{i}").as_bytes())] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        let random = Placement::new(HashFn::Md5, "random", &[("a".into(), 1), ("b".into(), 1)]);
+        let firsts = (0..200).filter(|_| random.server_for(b"same") == 0).count();
+        assert!(
+            firsts > 0 && firsts < 200,
+            "random spreads one key: {firsts}"
+        );
+        let ketama = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1), ("b".into(), 1)]);
+        assert_eq!(ketama.server_for(b"stable"), ketama.server_for(b"stable"));
+    }
 
     #[test]
     fn hash_tag_hashes_the_tagged_part_as_twemproxy_does() {
