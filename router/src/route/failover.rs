@@ -15,9 +15,10 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::joiner::per_key;
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
 use super::wire::with_ttl_cap;
-use super::{per_key, Completion, Reply, Route, RouteRef};
+use super::{Completion, Reply, Route, RouteRef};
 use crate::config::ConfigError;
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;

@@ -29,9 +29,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::joiner::{broadcast, per_key};
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
 use super::wire::{self, miss_reply, parse_get, parse_mg, storage_of, value_reply, Read};
-use super::{broadcast, per_key, Completion, Reply, Route, RouteRef};
+use super::{Completion, Reply, Route, RouteRef};
 use crate::config::ConfigError;
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;

@@ -10,8 +10,9 @@
 
 use std::rc::Rc;
 
+use super::joiner::per_key;
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
-use super::{per_key, Completion, Reply, Route, RouteRef};
+use super::{Completion, Reply, Route, RouteRef};
 use crate::config::ConfigError;
 use crate::protocol::{Cmd, Request};
 

@@ -9,9 +9,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use super::hash::{ketama::Continuum, HashFn};
-use super::joiner::Joiner;
+use super::joiner::{split_multi_get, Gather, Joiner, MergeStats};
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
-use super::{split_multi_get, Completion, ErrorRoute, Gather, MergeStats, Reply, Route, RouteRef};
+use super::{Completion, ErrorRoute, Reply, Route, RouteRef};
 use crate::backend::BackendConn;
 use crate::config::ConfigError;
 use crate::health::Watch;

@@ -11,8 +11,9 @@
 
 use std::rc::Rc;
 
+use super::joiner::{broadcast, split_multi_get};
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
-use super::{broadcast, split_multi_get, Completion, Route, RouteRef};
+use super::{Completion, Route, RouteRef};
 use crate::config::ConfigError;
 use crate::protocol::Request;
 
