@@ -9,6 +9,12 @@
 //! [`Completion::Then`] that inspects the reply first (e.g. failover on `SERVER_ERROR`).
 //!
 //! Everything here lives on one worker thread, hence `Rc` and `RefCell`.
+//!
+//! Files: this one (the trait, replies, completions); [`joiner`] (waiting for several
+//! replies: multi-get merge, broadcasts, fan-outs); [`spec`] (what a route type implements,
+//! and the parser of route tables); one file per route type (its spec parsing, build,
+//! `route`, `describe` and tests); [`registry`] (the list of route types, `parse` and
+//! `stats route`); [`wire`] (requests and replies composite routes build and read).
 
 pub mod all_async;
 pub mod all_initial;
