@@ -395,6 +395,73 @@ mod tests {
     }
 
     #[test]
+    fn gather_answers_ok_only_when_everyone_did() {
+        let (done, out) = capture();
+        let j = Joiner::new(3, Gather::default(), done);
+        j.part(0).complete(data("OK\r\n"));
+        j.part(1).complete(Reply::error("timeout"));
+        j.part(2).complete(data("OK\r\n"));
+        assert_eq!(*out.borrow(), vec!["SERVER_ERROR timeout\r\n".to_string()]);
+        let (done, out) = capture();
+        let j = Joiner::new(2, Gather::default(), done);
+        j.part(1).complete(data("OK\r\n"));
+        j.part(0).complete(data("OK\r\n"));
+        assert_eq!(*out.borrow(), vec!["OK\r\n".to_string()]);
+    }
+
+    #[test]
+    fn merge_get_puts_hits_back_in_the_clients_order() {
+        let keys: Vec<Bytes> = ["a", "b", "c", "a"]
+            .iter()
+            .map(|k| Bytes::from_static(k.as_bytes()))
+            .collect();
+        let out = Rc::new(RefCell::new(None));
+        let o = out.clone();
+        let done =
+            Completion::then(move |r| *o.borrow_mut() = Some(wire::bytes_of(&r).into_owned()));
+        let j = Joiner::new(2, MergeGet::new(keys, vec![vec![1], vec![0, 2, 3]]), done);
+        j.part(1)
+            .complete(data("VALUE a 0 1\r\nx\r\nVALUE a 0 1\r\nx\r\nEND\r\n"));
+        j.part(0).complete(Reply::error("down"));
+        assert_eq!(
+            out.borrow().as_deref(),
+            Some(&b"VALUE a 0 1\r\nx\r\nVALUE a 0 1\r\nx\r\nEND\r\n"[..]),
+            "b failed (a miss), c missed, a asked twice"
+        );
+    }
+
+    #[test]
+    fn merge_stats_sums_counts_and_keeps_settings() {
+        let (done, out) = capture_all();
+        let j = Joiner::new(2, MergeStats::default(), done);
+        j.part(0).complete(data(
+            "STAT items:1:number 3\r\nSTAT items:1:age 10\r\nSTAT maxconns 1024\r\nEND\r\n",
+        ));
+        j.part(1).complete(data(
+            "STAT items:1:number 4\r\nSTAT items:1:age 30\r\nSTAT maxconns 2048\r\nEND\r\n",
+        ));
+        assert_eq!(
+            out.borrow().as_deref(),
+            Some("STAT items:1:number 7\r\nSTAT items:1:age 30\r\nSTAT maxconns 1024\r\nEND\r\n")
+        );
+        let (done, out) = capture_all();
+        let j = Joiner::new(2, MergeStats::default(), done);
+        j.part(0).complete(data("STAT a 1\r\nEND\r\n"));
+        j.part(1).complete(Reply::error("down"));
+        assert_eq!(out.borrow().as_deref(), Some("SERVER_ERROR down\r\n"));
+    }
+
+    /// The whole reply (not just its head).
+    fn capture_all() -> (Completion, Rc<RefCell<Option<String>>>) {
+        let out = Rc::new(RefCell::new(None));
+        let o = out.clone();
+        let c = Completion::then(move |r| {
+            *o.borrow_mut() = Some(String::from_utf8_lossy(&wire::bytes_of(&r)).into_owned())
+        });
+        (c, out)
+    }
+
+    #[test]
     fn no_parts_answers_at_once() {
         let (done, out) = capture();
         let _j = Joiner::new(

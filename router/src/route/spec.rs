@@ -139,6 +139,19 @@ pub struct Registry {
     pub pool: fn(usize) -> RouteSpec,
 }
 
+impl Registry {
+    /// Every key some route table takes, `type` first.
+    fn keys(&self) -> Vec<&'static str> {
+        let mut keys = vec!["type"];
+        for k in self.types.iter().flat_map(|t| t.keys) {
+            if !keys.contains(k) {
+                keys.push(k);
+            }
+        }
+        keys
+    }
+}
+
 /// Validates the route tree against the pools named `pools`: `route`, and every named
 /// route (those nobody uses are still checked).
 pub fn parse(
@@ -268,28 +281,19 @@ impl<'a> Parser<'a> {
         entries: &[(At, String, RawValue)],
     ) -> Result<RouteSpec, ConfigError> {
         let types = self.registry.types;
-        let all_keys = || {
-            let mut keys = vec!["type"];
-            for t in types {
-                for k in t.keys {
-                    if !keys.contains(k) {
-                        keys.push(k);
-                    }
-                }
-            }
-            keys
-        };
-        for (key_at, key, _) in entries {
-            if !all_keys().contains(&key.as_str()) {
-                let expected: Vec<String> = all_keys().iter().map(|k| format!("`{k}`")).collect();
-                return Err(self.err(
-                    *key_at,
-                    format!(
-                        "unknown field `{key}`, expected one of {}",
-                        expected.join(", ")
-                    ),
-                ));
-            }
+        let known = self.registry.keys();
+        if let Some((key_at, key, _)) = entries
+            .iter()
+            .find(|(_, k, _)| !known.contains(&k.as_str()))
+        {
+            let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+            return Err(self.err(
+                *key_at,
+                format!(
+                    "unknown field `{key}`, expected one of {}",
+                    expected.join(", ")
+                ),
+            ));
         }
         let Some((_, _, kind)) = entries.iter().find(|(_, k, _)| k == "type") else {
             return Err(self.err(at, "missing field `type`"));
