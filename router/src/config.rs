@@ -35,8 +35,9 @@
 //! max_get_line = 16777216              # longest get/gets/gat/gats line
 //! ```
 //!
-//! Route trees (`[route] type = ...`, `[routes.NAME]`) are parsed and validated in
-//! [`crate::route::spec`].
+//! Route trees (`[route] type = ...`, `[routes.NAME]`) are kept as written ([`RawRoutes`]):
+//! the route layer parses and validates them (see [`crate::route::spec`]), so this module
+//! knows no route type.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,11 +46,11 @@ use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use crate::route::hash::HashFn;
-use crate::route::spec::{RawRouteRef, Resolver, RouteSpec};
 
 /// A configuration problem and where it is.
 #[derive(Debug)]
@@ -76,16 +77,128 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// A problem at `at` in `file`.
+    pub fn at(file: &str, at: At, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: file.to_string(),
+            line: at.line,
+            column: at.column,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where something is written in the config file (1-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct At {
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The route tree as written: `route` and the `[routes.NAME]` tables, with where each
+/// piece is, for the route layer to parse and validate into its specs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRoutes {
+    /// The config file, for errors.
+    pub file: String,
+    /// `route`: what serves client traffic.
+    pub root: RawValue,
+    /// `[routes.NAME]`, by name: routes that `route` and other routes may refer to.
+    pub named: BTreeMap<String, RawValue>,
+}
+
+/// A TOML value of the route tree, with where it is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawValue {
+    pub at: At,
+    pub kind: RawKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum RawKind {
+    String(String),
+    Integer(i64),
+    Array(Vec<RawValue>),
+    /// Entries in the order written, each key with where it is.
+    Table(Vec<(At, String, RawValue)>),
+    /// A float, boolean or date (no route key takes one), as serde names it in errors
+    /// (e.g. ``boolean `true` ``).
+    Other(String),
+}
+
+/// A TOML value with byte spans, as `toml` reads it (turned into a [`RawValue`]).
+#[derive(Debug)]
+enum SpannedToml {
+    String(String),
+    Integer(i64),
+    Array(Vec<Spanned<SpannedToml>>),
+    Table(Vec<(Spanned<String>, Spanned<SpannedToml>)>),
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for SpannedToml {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = SpannedToml;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a TOML value")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<SpannedToml, E> {
+                Ok(SpannedToml::String(s.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<SpannedToml, E> {
+                Ok(SpannedToml::Integer(n))
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<SpannedToml, E> {
+                Ok(i64::try_from(n).map_or_else(
+                    |_| SpannedToml::Other(format!("integer `{n}`")),
+                    SpannedToml::Integer,
+                ))
+            }
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<SpannedToml, E> {
+                Ok(SpannedToml::Other(format!("floating point `{n}`")))
+            }
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<SpannedToml, E> {
+                Ok(SpannedToml::Other(format!("boolean `{b}`")))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<SpannedToml, A::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element()? {
+                    out.push(v);
+                }
+                Ok(SpannedToml::Array(out))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<SpannedToml, A::Error> {
+                let mut out: Vec<(Spanned<String>, Spanned<SpannedToml>)> = Vec::new();
+                while let Some(k) = map.next_key::<Spanned<String>>()? {
+                    let v = map.next_value()?;
+                    out.push((k, v));
+                }
+                // A date or time comes as toml's private one-key table.
+                if let [(k, _)] = &out[..] {
+                    if k.get_ref() == "$__toml_private_datetime" {
+                        return Ok(SpannedToml::Other("a date or time".into()));
+                    }
+                }
+                Ok(SpannedToml::Table(out))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Spanned<Vec<Spanned<String>>>,
     admin: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
-    route: Spanned<RawRouteRef>,
+    route: Spanned<SpannedToml>,
     /// Named routes that `route` and other routes may refer to.
     #[serde(default)]
-    routes: BTreeMap<String, Spanned<RawRouteRef>>,
+    routes: BTreeMap<String, Spanned<SpannedToml>>,
     health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     timeouts: RawTimeouts,
@@ -143,8 +256,8 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub workers: usize,
-    /// The route tree serving client traffic.
-    pub route: RouteSpec,
+    /// The route tree serving client traffic, as written (see [`crate::route::spec`]).
+    pub routes: RawRoutes,
     pub pools: Vec<Pool>,
     /// Health checking (TKO) of servers; off when the section is absent.
     pub health: Option<Health>,
@@ -226,6 +339,28 @@ impl Ctx<'_> {
             column,
             message: message.into(),
         }
+    }
+
+    fn at(&self, span: Range<usize>) -> At {
+        let (line, column) = line_col(self.text, span.start);
+        At { line, column }
+    }
+
+    /// `v` with where each part is.
+    fn raw(&self, v: Spanned<SpannedToml>) -> RawValue {
+        let at = self.at(v.span());
+        let kind = match v.into_inner() {
+            SpannedToml::String(s) => RawKind::String(s),
+            SpannedToml::Integer(n) => RawKind::Integer(n),
+            SpannedToml::Other(s) => RawKind::Other(s),
+            SpannedToml::Array(a) => RawKind::Array(a.into_iter().map(|v| self.raw(v)).collect()),
+            SpannedToml::Table(t) => RawKind::Table(
+                t.into_iter()
+                    .map(|(k, v)| (self.at(k.span()), k.into_inner(), self.raw(v)))
+                    .collect(),
+            ),
+        };
+        RawValue { at, kind }
     }
 
     fn int(
@@ -354,12 +489,6 @@ impl Config {
                 ));
             }
         }
-        let err = |span: Range<usize>, msg: String| cx.err(span, msg);
-        let route = Resolver::new(&err, &names, &raw.routes).resolve(&raw.route)?;
-        // Named routes nobody uses are still checked.
-        for r in raw.routes.values() {
-            Resolver::new(&err, &names, &raw.routes).resolve(r)?;
-        }
         let health = match &raw.health {
             None => None,
             Some(h) => {
@@ -443,11 +572,20 @@ impl Config {
                 Some(inv.get_ref().clone())
             }
         };
+        let routes = RawRoutes {
+            file: file.to_string(),
+            named: raw
+                .routes
+                .into_iter()
+                .map(|(name, r)| (name, cx.raw(r)))
+                .collect(),
+            root: cx.raw(raw.route),
+        };
         Ok(Config {
             listen,
             admin,
             workers,
-            route,
+            routes,
             pools,
             health,
             timeouts,
@@ -674,10 +812,10 @@ servers = ["127.0.0.1:11211", "127.0.0.1:11212:2 b"]
 
     #[test]
     fn errors_name_the_line() {
-        let bad = GOOD.replace("route = \"main\"", "route = \"nope\"");
-        let e = Config::parse("r.toml", &bad).unwrap_err();
-        assert_eq!(e.line, 3, "{e}");
-        assert!(e.to_string().contains("not defined"), "{e}");
+        // The route tree is kept as written, with where (the route layer validates it).
+        let c = Config::parse("r.toml", GOOD).unwrap();
+        assert_eq!(c.routes.root.at, At { line: 3, column: 9 });
+        assert_eq!(c.routes.root.kind, RawKind::String("main".into()));
 
         let bad = GOOD.replace("127.0.0.1:11212:2 b", "127.0.0.1:x");
         let e = Config::parse("r.toml", &bad).unwrap_err();

@@ -70,21 +70,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let toml = Config::converted(&cli.config, &text)?.unwrap_or(text);
         print!("{toml}");
         // Say so if the result would not start.
-        Config::parse(&cli.config.display().to_string(), &toml)?;
+        Plan::new(Config::parse(&cli.config.display().to_string(), &toml)?)?;
         return Ok(());
     }
     let mut config = Config::load(&cli.config)?;
     if let Some(admin) = cli.admin {
         config.admin = Some(admin);
     }
+    // The route tree is validated with the plan: `--check` refuses a bad one too.
+    let plan = Plan::new(config)?;
     if cli.check {
         println!("{}: ok", cli.config.display());
         return Ok(());
     }
     if cli.spool_inspect || cli.spool_replay {
-        return router::invalidation::spool_cli(&config, cli.spool_replay);
+        return router::invalidation::spool_cli(&plan.config, cli.spool_replay);
     }
-    let plan = Arc::new(Plan::new(config));
+    let plan = Arc::new(plan);
     let cfg = &plan.config;
     let shared = Arc::new(router::stats::Shared::new(plan.clone()));
     // The invalidation side binds its port and opens its spool first: once the client

@@ -39,16 +39,16 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<()> {
 
 /// Reads, validates and publishes the config at `path`; returns whether it was taken.
 pub fn reload(path: &std::path::Path, shared: &Shared) -> bool {
-    let new = match Config::load(path) {
-        Ok(c) => c,
+    let old = shared.plan();
+    let plan = match Config::load(path).and_then(|c| Plan::next(c, Some(&old))) {
+        Ok(p) => p,
         Err(e) => {
             shared.reload_failures.fetch_add(1, Relaxed);
             tracing::error!("config reload rejected, the running config stays: {e}");
             return false;
         }
     };
-    let old = shared.plan();
-    let o = &old.config;
+    let (o, new) = (&old.config, &plan.config);
     for (name, changed) in [
         ("listen", o.listen != new.listen),
         ("workers", o.workers != new.workers),
@@ -63,8 +63,7 @@ pub fn reload(path: &std::path::Path, shared: &Shared) -> bool {
             tracing::warn!("config reload: `{name}` changed; it takes effect after a restart");
         }
     }
-    let plan = Arc::new(Plan::next(new, Some(&old)));
-    shared.publish(plan);
+    shared.publish(Arc::new(plan));
     shared.reloads.fetch_add(1, Relaxed);
     tracing::info!(
         generation = shared.generation.load(Relaxed),

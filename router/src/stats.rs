@@ -186,7 +186,7 @@ impl Shared {
                 match (it.next(), it.next(), it.next()) {
                     (Some(op), Some(key), None) => {
                         let plan = self.plan();
-                        match crate::route::tree::describe(&plan, op, key.as_bytes()) {
+                        match crate::route::registry::describe(&plan, op, key.as_bytes()) {
                             Ok(lines) => {
                                 for l in lines {
                                     let _ = write!(s, "STAT {l}\r\n");

@@ -18,30 +18,36 @@ use std::sync::Arc;
 
 use crate::backend::{BackendConn, Timeouts};
 use crate::client::ClientCtx;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::health::Watch;
 use crate::protocol::{Limits, Request};
 use crate::route::pool::{Placement, PoolRoute};
-use crate::route::{tree, Completion, Route, RouteRef};
+use crate::route::spec::{Build, RouteSpec};
+use crate::route::{registry, Completion, ErrorRoute, Route, RouteRef};
 use crate::stats::{ServerStats, Shared, WorkerStats};
 
-/// What workers run: a validated config with its placements and per-server stats. Built
-/// by `main` at start and on every reload, shared read-only.
+/// What workers run: a validated config with its route tree, placements and per-server
+/// stats. Built by `main` at start and on every reload, shared read-only.
 pub struct Plan {
     pub config: Config,
+    /// The route tree serving client traffic (`config.routes`, validated).
+    pub route: RouteSpec,
     pub placements: Vec<Arc<Placement>>,
     /// Per pool, per server.
     pub servers: Vec<Vec<Arc<ServerStats>>>,
 }
 
 impl Plan {
-    pub fn new(config: Config) -> Plan {
+    /// The plan of `config`; its route tree is validated here (a bad one is refused).
+    pub fn new(config: Config) -> Result<Plan, ConfigError> {
         Plan::next(config, None)
     }
 
     /// A plan for `config` that keeps the stats (and health) of every server `previous`
     /// has in the same pool.
-    pub fn next(config: Config, previous: Option<&Plan>) -> Plan {
+    pub fn next(config: Config, previous: Option<&Plan>) -> Result<Plan, ConfigError> {
+        let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
+        let route = registry::parse(&config.routes, &names)?;
         let placements = config
             .pools
             .iter()
@@ -69,11 +75,12 @@ impl Plan {
                     .collect()
             })
             .collect();
-        Plan {
+        Ok(Plan {
             config,
+            route,
             placements,
             servers,
-        }
+        })
     }
 }
 
@@ -102,7 +109,8 @@ impl LiveRoute {
             shared,
             stats,
             generation: Cell::new(0),
-            tree: RefCell::new(Rc::new(Nothing)),
+            // The tree before the first build.
+            tree: RefCell::new(Rc::new(ErrorRoute("no route"))),
             backends: RefCell::new(HashMap::new()),
         };
         live.rebuild();
@@ -122,7 +130,7 @@ impl LiveRoute {
             max_queue: cfg.limits.max_backend_queue,
         };
         let mut used = Vec::new();
-        cfg.route.pools(&mut used);
+        plan.route.pools(&mut used);
         let mut old = self.backends.take();
         let mut backends = HashMap::new();
         let mut pools: Vec<Option<RouteRef>> = vec![None; cfg.pools.len()];
@@ -179,7 +187,10 @@ impl LiveRoute {
             retire(b, &timeouts);
         }
         *self.backends.borrow_mut() = backends;
-        *self.tree.borrow_mut() = tree::build(&cfg.route, &pools, &self.stats);
+        *self.tree.borrow_mut() = plan.route.build(&Build {
+            pools: &pools,
+            stats: &self.stats,
+        });
         self.generation.set(generation);
     }
 }
@@ -203,15 +214,6 @@ impl Route for LiveRoute {
             self.rebuild();
         }
         self.tree.borrow().route(req, done)
-    }
-}
-
-/// The tree before the first build.
-struct Nothing;
-
-impl Route for Nothing {
-    fn route(&self, _req: Request, done: Completion) {
-        done.complete(crate::route::Reply::error("no route"))
     }
 }
 

@@ -1,20 +1,67 @@
-//! Failover routes.
+//! failover: the first child; when the router could not get a reply from it (server down,
+//! marked down by health checks, timeout, connection lost: a router-made `SERVER_ERROR`),
+//! the next child, and so on. A miss or a server's own error is an answer, not a failure.
+//! Children after the first are gutters: a set-like request that lands there has its TTL
+//! capped at `gutter_ttl` seconds (default 10), so gutter data dies quickly once the
+//! primary is back. Multi-gets fail over key by key.
 //!
-//! - failover: the first child; when the router could not get a reply from it (server down,
-//!   marked down by health checks, timeout, connection lost: a router-made
-//!   `SERVER_ERROR`), the next child, and so on. Children after the first are gutters:
-//!   a set-like request that lands there has its TTL capped at `gutter_ttl` seconds, so
-//!   gutter data dies quickly once the primary is back. Multi-gets fail over key by key.
-//! - miss-failover: get-like requests try the children in order until one hits (a miss or
-//!   an error moves on); everything else goes to the first child.
+//! ```toml
+//! [route]
+//! type = "failover"
+//! children = ["main", "gutter"]
+//! gutter_ttl = 10
+//! ```
 
 use std::rc::Rc;
 use std::sync::Arc;
 
+use super::joiner::per_key;
+use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
 use super::wire::with_ttl_cap;
-use super::{per_key, Completion, Reply, Route, RouteRef};
+use super::{Completion, Reply, Route, RouteRef};
+use crate::config::ConfigError;
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;
+
+pub const TYPE: RouteType = RouteType {
+    name: "failover",
+    keys: &["children", "gutter_ttl"],
+    parse,
+};
+
+pub const DEFAULT_GUTTER_TTL: u32 = 10;
+
+#[derive(Debug)]
+pub struct FailoverSpec {
+    children: Vec<RouteSpec>,
+    gutter_ttl: u32,
+}
+
+fn parse(p: &mut Parser, t: &Table) -> Result<RouteSpec, ConfigError> {
+    Ok(Box::new(FailoverSpec {
+        children: p.required_children(t, "children")?,
+        gutter_ttl: p.seconds(t, "gutter_ttl", DEFAULT_GUTTER_TTL, 2_592_000)?,
+    }))
+}
+
+impl Spec for FailoverSpec {
+    fn build(&self, b: &Build) -> RouteRef {
+        Rc::new(FailoverRoute::new(
+            b.all(&self.children),
+            self.gutter_ttl,
+            b.stats.clone(),
+        ))
+    }
+
+    /// Every child a request may fail over to.
+    fn describe(&self, d: &mut Describe) {
+        d.list("failover", &self.children)
+    }
+
+    fn children(&self) -> Vec<&RouteSpec> {
+        self.children.iter().collect()
+    }
+}
 
 pub struct FailoverRoute {
     inner: Rc<Failover>,
@@ -47,25 +94,26 @@ impl Failover {
         let Some(child) = self.children.get(i) else {
             return done.complete(Reply::error("no route"));
         };
+        let last = i + 1 >= self.children.len();
         let sent = if i > 0 && takes_ttl(req.cmd()) {
             self.stats.gutter_sets.add(1);
             with_ttl_cap(&req, self.gutter_ttl)
-        } else if i + 1 >= self.children.len() {
+        } else if last {
             // The last child: nothing to keep the request for.
             return child.route(req, done);
         } else {
             req.clone()
         };
-        if i + 1 >= self.children.len() {
+        if last {
             return child.route(sent, done);
         }
-        let me = self.clone();
+        let failover = self.clone();
         child.route(
             sent,
             Completion::then(move |r| {
                 if r.is_error() {
-                    me.stats.failovers.add(1);
-                    me.attempt(i + 1, req, done)
+                    failover.stats.failovers.add(1);
+                    failover.attempt(i + 1, req, done)
                 } else {
                     done.complete(r)
                 }
@@ -83,68 +131,109 @@ impl Route for FailoverRoute {
     }
 }
 
-pub struct MissFailoverRoute {
-    inner: Rc<MissFailover>,
-}
+#[cfg(test)]
+mod tests {
+    use super::super::fake::*;
+    use super::*;
 
-struct MissFailover {
-    children: Vec<RouteRef>,
-}
-
-impl MissFailoverRoute {
-    pub fn new(children: Vec<RouteRef>) -> MissFailoverRoute {
-        MissFailoverRoute {
-            inner: Rc::new(MissFailover { children }),
-        }
+    fn route(children: &[&Rc<Fake>], stats: &Arc<WorkerStats>) -> FailoverRoute {
+        FailoverRoute::new(
+            children.iter().map(|c| c.as_route()).collect(),
+            10,
+            stats.clone(),
+        )
     }
-}
 
-/// A reply to a get-like request that carries a value (or, for `mg` without `v`, says so).
-pub fn is_hit(r: &Reply) -> bool {
-    match r {
-        Reply::Data(d) => d.starts_with(b"VALUE ") || d.starts_with(b"VA ") || d.starts_with(b"HD"),
-        Reply::Chunks(c) => c.len() > 1,
-        Reply::Error(_) => false,
-    }
-}
-
-pub fn is_get_like(cmd: Cmd) -> bool {
-    matches!(cmd, Cmd::Get | Cmd::Gets | Cmd::Gat | Cmd::Gats | Cmd::Mg)
-}
-
-impl MissFailover {
-    fn attempt(self: &Rc<Self>, i: usize, req: Request, done: Completion) {
-        let Some(child) = self.children.get(i) else {
-            return done.complete(Reply::error("no route"));
-        };
-        if i + 1 >= self.children.len() {
-            return child.route(req, done);
-        }
-        let me = self.clone();
-        child.route(
-            req.clone(),
-            Completion::then(move |r| {
-                if is_hit(&r) {
-                    done.complete(r)
-                } else {
-                    me.attempt(i + 1, req, done)
-                }
-            }),
+    #[test]
+    fn a_router_error_fails_over_a_miss_or_server_error_does_not() {
+        let log = log();
+        let stats = stats();
+        let main = Fake::new("main", &log, MISS).then(&[
+            Answer::Error,
+            MISS,
+            Answer::Data("SERVER_ERROR out of memory\r\n"),
+        ]);
+        let gutter = Fake::new("gutter", &log, Answer::Data("VALUE k 0 1\r\ng\r\nEND\r\n"));
+        let r = route(&[&main, &gutter], &stats);
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "VALUE k 0 1\r\ng\r\nEND\r\n");
+        assert_eq!(ask(&r, "get k\r\n").unwrap(), "END\r\n");
+        assert_eq!(
+            ask(&r, "get k\r\n").unwrap(),
+            "SERVER_ERROR out of memory\r\n"
         );
+        assert_eq!(
+            calls(&log),
+            ["main: get k", "gutter: get k", "main: get k", "main: get k"]
+        );
+        assert_eq!(stats.failovers.get(), 1);
+        assert_eq!(stats.gutter_sets.get(), 0, "a get is no gutter set");
     }
-}
 
-impl Route for MissFailoverRoute {
-    fn route(&self, req: Request, done: Completion) {
-        match req {
-            Request::MultiGet(m) => per_key(m, |r, c| self.inner.attempt(0, r, c), done),
-            Request::Keyed(k) if is_get_like(k.cmd) => {
-                self.inner.attempt(0, Request::Keyed(k), done)
-            }
-            req => match self.inner.children.first() {
-                Some(c) => c.route(req, done),
-                None => done.complete(Reply::error("no route")),
-            },
+    #[test]
+    fn the_last_childs_error_is_the_answer() {
+        let log = log();
+        let stats = stats();
+        let a = Fake::new("a", &log, Answer::Error);
+        let b = Fake::new("b", &log, Answer::Error);
+        let r = route(&[&a, &b], &stats);
+        assert_eq!(ask(&r, "delete k\r\n").unwrap(), "SERVER_ERROR timeout\r\n");
+        assert_eq!(calls(&log), ["a: delete k", "b: delete k"]);
+    }
+
+    #[test]
+    fn a_set_in_the_gutter_has_its_ttl_capped() {
+        let log = log();
+        let stats = stats();
+        let main = Fake::new("main", &log, Answer::Error);
+        let gutter = Fake::new("gutter", &log, STORED);
+        let r = route(&[&main, &gutter], &stats);
+        for line in [
+            "set k 3 0 1\r\nv\r\n",
+            "set k 3 5 1\r\nv\r\n",
+            "add k 3 100 1\r\nv\r\n",
+            "set k 3 2000000000 1\r\nv\r\n",
+            "ms k 1 T100 O7 F3\r\nv\r\n",
+            "ms k 1\r\nv\r\n",
+            "delete k\r\n",
+        ] {
+            assert_eq!(ask(&r, line).unwrap(), "STORED\r\n", "{line}");
         }
+        let to_gutter: Vec<String> = calls(&log)
+            .into_iter()
+            .filter(|c| c.starts_with("gutter"))
+            .collect();
+        assert_eq!(
+            to_gutter,
+            [
+                "gutter: set k 3 10 \"v\"",
+                "gutter: set k 3 5 \"v\"",
+                "gutter: add k 3 10 \"v\"",
+                "gutter: set k 3 10 \"v\"",
+                "gutter: ms k 1 T10 O7 F3",
+                "gutter: ms k 1 T10",
+                "gutter: delete k"
+            ]
+        );
+        assert!(
+            calls(&log).contains(&"main: set k 3 0 \"v\"".to_string()),
+            "the primary gets the TTL as sent"
+        );
+        assert_eq!(stats.gutter_sets.get(), 6);
+        assert_eq!(stats.failovers.get(), 7);
+    }
+
+    #[test]
+    fn a_multi_get_fails_over_key_by_key() {
+        let log = log();
+        let stats = stats();
+        let main = Fake::new("main", &log, Answer::Data("VALUE a 0 1\r\nm\r\nEND\r\n"))
+            .then(&[Answer::Data("VALUE a 0 1\r\nm\r\nEND\r\n"), Answer::Error]);
+        let gutter = Fake::new("gutter", &log, Answer::Data("VALUE b 0 1\r\ng\r\nEND\r\n"));
+        let r = route(&[&main, &gutter], &stats);
+        assert_eq!(
+            ask(&r, "get a b\r\n").unwrap(),
+            "VALUE a 0 1\r\nm\r\nVALUE b 0 1\r\ng\r\nEND\r\n"
+        );
+        assert_eq!(calls(&log), ["main: get a", "main: get b", "gutter: get b"]);
     }
 }

@@ -1,16 +1,21 @@
 //! A pool: servers with weights, a hash function and a distribution. The pool route hashes
-//! each key to a server and hands the request to that server's backend connection.
+//! each key to a server and hands the request to that server's backend connection; a
+//! multi-get is split by server and merged back; `flush_all` and `stats` go to every server
+//! (`stats` merged, see [`super::MergeStats`]); `version` to the first.
+//!
+//! In a route tree, a pool is its name, or `{ type = "pool", pool = "NAME" }`.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::Bytes;
-
 use super::hash::{ketama::Continuum, HashFn};
-use super::{Completion, Gather, MergeGet, MergeStats, Reply, Route};
+use super::joiner::{split_multi_get, Gather, Joiner, MergeStats};
+use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
+use super::{Completion, ErrorRoute, Reply, Route, RouteRef};
 use crate::backend::BackendConn;
+use crate::config::ConfigError;
 use crate::health::Watch;
-use crate::protocol::{KeyedRequest, MultiGetRequest, Request};
+use crate::protocol::{Cmd, KeyedRequest, MultiGetRequest, Request};
 use crate::stats::WorkerStats;
 
 /// How keys spread over servers (twemproxy's `distribution:`).
@@ -188,47 +193,21 @@ impl PoolRoute {
     }
 
     fn multi_get(&self, req: MultiGetRequest, done: Completion) {
-        let targets: Vec<usize> = req
-            .keys
-            .iter()
-            .map(|k| self.placement.server_for(k))
-            .collect();
-        let first = targets[0];
-        if targets.iter().all(|&t| t == first) {
-            let Some(done) = self.checked(first, done) else {
-                return;
-            };
-            let key = req.keys[0].clone();
-            self.conn(first, &key).send(Request::MultiGet(req), done);
-            return;
-        }
-        // One part per server, in order of first appearance.
-        let mut order: Vec<usize> = Vec::new();
-        let mut parts: Vec<Vec<u32>> = Vec::new();
-        for (pos, &t) in targets.iter().enumerate() {
-            match order.iter().position(|&s| s == t) {
-                Some(p) => parts[p].push(pos as u32),
-                None => {
-                    order.push(t);
-                    parts.push(vec![pos as u32]);
-                }
-            }
-        }
-        let head = req.with_keys(Vec::new());
-        let merge = MergeGet::new(req.keys, parts, done);
-        for (part, &server) in order.iter().enumerate() {
-            let keys: Vec<Bytes> = merge
-                .part_keys(part)
-                .iter()
-                .map(|&p| merge.keys()[p as usize].clone())
-                .collect();
-            let first_key = keys[0].clone();
-            let Some(done) = self.checked(server, Completion::Part(merge.clone(), part)) else {
-                continue;
-            };
-            self.conn(server, &first_key)
-                .send(Request::MultiGet(head.with_keys(keys)), done);
-        }
+        split_multi_get(
+            req,
+            |k| self.placement.server_for(k),
+            |server, share, done| {
+                let Some(done) = self.checked(server, done) else {
+                    return;
+                };
+                let Request::MultiGet(m) = &share else {
+                    unreachable!("a multi-get share")
+                };
+                let first_key = m.keys[0].clone();
+                self.conn(server, &first_key).send(share, done);
+            },
+            done,
+        )
     }
 }
 
@@ -241,26 +220,239 @@ impl Route for PoolRoute {
             Request::Keyed(k) => self.keyed(k, done),
             Request::MultiGet(m) => self.multi_get(m, done),
             Request::FlushAll { .. } => {
-                let gather = Gather::new(self.servers.len(), done);
-                for conns in &self.servers {
-                    conns[0].send(req.clone(), Completion::Gather(gather.clone()));
+                let gather = Joiner::new(self.servers.len(), Gather::default(), done);
+                for (i, conns) in self.servers.iter().enumerate() {
+                    conns[0].send(req.clone(), gather.part(i));
                 }
             }
             Request::Version => self.servers[0][0].send(req, done),
             // Every server's view, merged into one (see `MergeStats`).
             Request::Stats { .. } => {
-                let merge = MergeStats::new(self.servers.len(), done);
-                for conns in &self.servers {
-                    conns[0].send(req.clone(), Completion::Stats(merge.clone()));
+                let merge = Joiner::new(self.servers.len(), MergeStats::default(), done);
+                for (i, conns) in self.servers.iter().enumerate() {
+                    conns[0].send(req.clone(), merge.part(i));
                 }
             }
         }
     }
 }
 
+pub const TYPE: RouteType = RouteType {
+    name: "pool",
+    keys: &["pool"],
+    parse,
+};
+
+/// A pool of the config, by index into `Config::pools`.
+#[derive(Debug)]
+pub struct PoolSpec(pub usize);
+
+/// The spec of pool `index` (what a pool's name in a route tree resolves to).
+pub fn spec(index: usize) -> RouteSpec {
+    Box::new(PoolSpec(index))
+}
+
+fn parse(p: &mut Parser, t: &Table) -> Result<RouteSpec, ConfigError> {
+    let Some((name, at)) = p.string(t, "pool")? else {
+        return Err(p.needs(t, "pool"));
+    };
+    match p.pools().iter().position(|n| n == name) {
+        Some(i) => Ok(spec(i)),
+        None => Err(p.err(
+            at,
+            format!(
+                "pool {name:?} is not defined (pools: {})",
+                p.pools().join(", ")
+            ),
+        )),
+    }
+}
+
+impl Spec for PoolSpec {
+    fn build(&self, b: &Build) -> RouteRef {
+        match b.pools.get(self.0) {
+            Some(Some(p)) => p.clone(),
+            _ => Rc::new(ErrorRoute("pool unavailable")),
+        }
+    }
+
+    /// `pool:NAME@server` and that server; every server for `flush_all` or a random
+    /// distribution.
+    fn describe(&self, d: &mut Describe) {
+        let plan = d.plan;
+        let Some(pool) = plan.config.pools.get(self.0) else {
+            return;
+        };
+        let placement = &plan.placements[self.0];
+        let reached: Vec<usize> = match &placement.dist {
+            Distribution::Random(_) => (0..pool.servers.len()).collect(),
+            _ if d.cmd == Cmd::FlushAll => (0..pool.servers.len()).collect(),
+            _ => vec![placement.server_for(d.key)],
+        };
+        d.write(format_args!("pool:{}", pool.name));
+        if let [one] = reached[..] {
+            d.write(format_args!("@{}", pool.servers[one].label));
+        }
+        for s in reached {
+            let state = plan.servers[self.0]
+                .get(s)
+                .map_or("unknown", |st| st.state());
+            d.server(format!(
+                "server {} {} {state}",
+                pool.name, pool.servers[s].label
+            ));
+        }
+    }
+
+    fn children(&self) -> Vec<&RouteSpec> {
+        Vec::new()
+    }
+
+    fn pools(&self, out: &mut Vec<usize>) {
+        if !out.contains(&self.0) {
+            out.push(self.0)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::fake::{ask, stats};
     use super::*;
+    use crate::stats::ServerStats;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    /// A pool route over `n` servers whose connections refuse every request at once
+    /// (a queue of 0: no socket is opened), so each server's error count says what it got.
+    fn refusing_pool(placement: Placement, n: usize) -> (PoolRoute, Vec<Arc<ServerStats>>) {
+        let worker = stats();
+        let servers: Vec<Arc<ServerStats>> = (0..n)
+            .map(|i| Arc::new(ServerStats::new("p", &format!("s{i}"))))
+            .collect();
+        let conns = servers
+            .iter()
+            .map(|s| vec![BackendConn::new(s.clone(), worker.clone(), 0)])
+            .collect();
+        (PoolRoute::new(Arc::new(placement), conns), servers)
+    }
+
+    fn errors(servers: &[Arc<ServerStats>]) -> Vec<u64> {
+        servers.iter().map(|s| s.errors.load(Relaxed)).collect()
+    }
+
+    fn two() -> Placement {
+        Placement::new(HashFn::Md5, "modula", &[("a".into(), 1), ("b".into(), 1)])
+    }
+
+    /// Two keys the placement puts on different servers.
+    fn split_keys(p: &Placement) -> (String, String) {
+        let first = "k0".to_string();
+        let other = (1..)
+            .map(|i| format!("k{i}"))
+            .find(|k| p.server_for(k.as_bytes()) != p.server_for(first.as_bytes()))
+            .unwrap();
+        (first, other)
+    }
+
+    #[test]
+    fn a_key_goes_to_the_server_its_hash_picks() {
+        let (route, servers) = refusing_pool(two(), 2);
+        let (a, b) = split_keys(&two());
+        assert_eq!(
+            ask(&route, &format!("get {a}\r\n")).unwrap(),
+            "SERVER_ERROR backend unavailable\r\n"
+        );
+        let mut want = vec![0, 0];
+        want[two().server_for(a.as_bytes())] = 1;
+        assert_eq!(errors(&servers), want);
+        ask(&route, &format!("delete {b}\r\n"));
+        assert_eq!(errors(&servers), vec![1, 1]);
+    }
+
+    #[test]
+    fn a_multi_get_asks_each_server_once_and_failed_keys_are_misses() {
+        let (route, servers) = refusing_pool(two(), 2);
+        let (a, b) = split_keys(&two());
+        assert_eq!(
+            ask(&route, &format!("get {a} {b} {a}\r\n")).unwrap(),
+            "END\r\n"
+        );
+        assert_eq!(errors(&servers), vec![1, 1], "one share per server");
+    }
+
+    #[test]
+    fn flush_all_and_stats_reach_every_server() {
+        let (route, servers) = refusing_pool(two(), 2);
+        assert!(ask(&route, "flush_all\r\n")
+            .unwrap()
+            .starts_with("SERVER_ERROR"));
+        assert_eq!(errors(&servers), vec![1, 1]);
+        assert!(ask(&route, "stats slabs\r\n")
+            .unwrap()
+            .starts_with("SERVER_ERROR"));
+        assert_eq!(errors(&servers), vec![2, 2]);
+        ask(&route, "version\r\n");
+        assert_eq!(errors(&servers), vec![3, 2], "version: the first server");
+    }
+
+    #[test]
+    fn keys_with_the_same_hash_tag_share_a_server() {
+        let tagged = || two().with_hash_tag(Some(*b"{}"));
+        let (route, servers) = refusing_pool(tagged(), 2);
+        for k in ["user:{7}:name", "mail:{7}", "{7}"] {
+            ask(&route, &format!("get {k}\r\n"));
+        }
+        let mut want = vec![0, 0];
+        want[tagged().server_for(b"7")] = 3;
+        assert_eq!(errors(&servers), want);
+    }
+
+    #[test]
+    fn no_servers_and_an_unbuilt_pool_answer_errors() {
+        let route = PoolRoute::new(Arc::new(two()), Vec::new());
+        assert_eq!(
+            ask(&route, "get k\r\n").unwrap(),
+            "SERVER_ERROR no servers\r\n"
+        );
+        let built = spec(3).build(&Build {
+            pools: &[None],
+            stats: &stats(),
+        });
+        assert_eq!(
+            ask(&*built, "get k\r\n").unwrap(),
+            "SERVER_ERROR pool unavailable\r\n"
+        );
+    }
+
+    #[test]
+    fn weights_and_distributions_place_keys() {
+        let weighted = Placement::new(HashFn::Md5, "modula", &[("a".into(), 1), ("b".into(), 3)]);
+        let on_b = (0..4000)
+            .filter(|i| weighted.server_for(format!("key:{i}").as_bytes()) == 1)
+            .count();
+        assert!(
+            (2700..3300).contains(&on_b),
+            "{on_b} of 4000 on the weight-3 server"
+        );
+        let ch3 = Placement::new(
+            HashFn::Md5,
+            "ch3",
+            &[("a".into(), 1), ("b".into(), 1), ("c".into(), 1)],
+        );
+        let mut seen = [0; 3];
+        for i in 0..300 {
+            seen[ch3.server_for(format!("key:{i}").as_bytes())] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+        let random = Placement::new(HashFn::Md5, "random", &[("a".into(), 1), ("b".into(), 1)]);
+        let firsts = (0..200).filter(|_| random.server_for(b"same") == 0).count();
+        assert!(
+            firsts > 0 && firsts < 200,
+            "random spreads one key: {firsts}"
+        );
+        let ketama = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1), ("b".into(), 1)]);
+        assert_eq!(ketama.server_for(b"stable"), ketama.server_for(b"stable"));
+    }
 
     #[test]
     fn hash_tag_hashes_the_tagged_part_as_twemproxy_does() {

@@ -1,6 +1,5 @@
-//! The route tree as the config describes it: parsed from TOML (with spans, so every error
-//! names `file:line:column`), validated, and resolved to a [`RouteSpec`] over pool indices.
-//! Workers build their own [`super::Route`] values from it (see [`super::tree`]).
+//! From the route tree as written ([`RawRoutes`], kept by the config) to a validated
+//! [`RouteSpec`] over pool indices, which workers build their own [`Route`] trees from.
 //!
 //! A route is either a name (a pool, or a route defined under `[routes.NAME]`) or a table
 //! with a `type`:
@@ -11,211 +10,244 @@
 //! default = "cluster"
 //! prefixes = { "big:" = "regional", "r_" = "regional" }
 //! ```
+//!
+//! This module knows no route type: it resolves names (refusing loops), finds the table's
+//! [`RouteType`] among those registered (`super::registry`), refuses keys that type does
+//! not take, and hands the table to the type's own parser, which reads its keys with the
+//! typed getters of [`Parser`]. Every error names `file:line:column`. It also holds what
+//! each type's `build` and `describe` get: [`Build`] and [`Describe`].
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Range;
+use std::sync::Arc;
 
-use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
-use toml::Spanned;
+use std::fmt::Write as _;
 
-use crate::config::ConfigError;
+use super::RouteRef;
+use crate::config::{At, ConfigError, RawKind, RawRoutes, RawValue};
 use crate::protocol::Cmd;
+use crate::stats::WorkerStats;
+use crate::worker::Plan;
 
-/// A route as written: a name or an inline table.
-#[derive(Debug)]
-pub enum RawRouteRef {
-    Name(String),
-    Table(Box<RawRoute>),
-}
-
-impl<'de> Deserialize<'de> for RawRouteRef {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = RawRouteRef;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a pool or route name, or a route table with a `type`")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawRouteRef, E> {
-                Ok(RawRouteRef::Name(s.to_string()))
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawRouteRef, A::Error> {
-                RawRoute::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(|r| RawRouteRef::Table(Box::new(r)))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-type Child = Option<Spanned<RawRouteRef>>;
-type Children = Option<Spanned<Vec<Spanned<RawRouteRef>>>>;
-
-/// A route table as written. Which keys apply depends on `type`; the others are refused.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawRoute {
-    #[serde(rename = "type")]
-    pub kind: Spanned<String>,
-    pub pool: Option<Spanned<String>>,
-    pub children: Children,
-    pub prefixes: Option<Spanned<BTreeMap<String, Spanned<RawRouteRef>>>>,
-    pub default: Child,
-    pub get: Child,
-    pub set: Child,
-    pub delete: Child,
-    pub arith: Child,
-    pub touch: Child,
-    pub flush_all: Child,
-    pub gutter_ttl: Option<Spanned<i64>>,
-    pub master: Child,
-    pub slave: Child,
-    pub l1: Children,
-    pub cold: Child,
-    pub warm: Child,
-    pub holdoff_secs: Option<Spanned<i64>>,
-}
-
-/// Operation classes of the operation selector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpClass {
-    /// get, gets, gat, gats, mg
-    Get,
-    /// set, add, replace, append, prepend, cas, ms
-    Set,
-    /// delete, md
-    Delete,
-    /// incr, decr, ma
-    Arith,
-    /// touch
-    Touch,
-    /// flush_all
-    FlushAll,
-    /// version, me and anything else
-    Other,
-}
-
-impl OpClass {
-    pub fn of(cmd: Cmd) -> OpClass {
-        match cmd {
-            Cmd::Get | Cmd::Gets | Cmd::Gat | Cmd::Gats | Cmd::Mg => OpClass::Get,
-            Cmd::Set
-            | Cmd::Add
-            | Cmd::Replace
-            | Cmd::Append
-            | Cmd::Prepend
-            | Cmd::Cas
-            | Cmd::Ms => OpClass::Set,
-            Cmd::Delete | Cmd::Md => OpClass::Delete,
-            Cmd::Incr | Cmd::Decr | Cmd::Ma => OpClass::Arith,
-            Cmd::Touch => OpClass::Touch,
-            Cmd::FlushAll => OpClass::FlushAll,
-            _ => OpClass::Other,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            OpClass::Get => "get",
-            OpClass::Set => "set",
-            OpClass::Delete => "delete",
-            OpClass::Arith => "arith",
-            OpClass::Touch => "touch",
-            OpClass::FlushAll => "flush_all",
-            OpClass::Other => "default",
+/// A validated route of one type, over pool indices: shared read-only by the workers, each
+/// of which builds its own [`Route`] from it. Implemented next to each route type.
+pub trait Spec: fmt::Debug + Send + Sync {
+    /// This worker's route.
+    fn build(&self, b: &Build) -> RouteRef;
+    /// `stats route`: writes where a request goes, choosing as the route does.
+    fn describe(&self, d: &mut Describe);
+    /// The routes right under this one.
+    fn children(&self) -> Vec<&RouteSpec>;
+    /// Every pool the tree uses (pool routes add themselves).
+    fn pools(&self, out: &mut Vec<usize>) {
+        for c in self.children() {
+            c.pools(out);
         }
     }
 }
 
-/// A validated route tree. Pools are indices into `Config::pools`.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RouteSpec {
-    Pool(usize),
-    /// Longest matching key prefix first; `default` when none matches.
-    Prefix {
-        prefixes: Vec<(Vec<u8>, RouteSpec)>,
-        default: Box<RouteSpec>,
-    },
-    Operation {
-        ops: Vec<(OpClass, RouteSpec)>,
-        default: Box<RouteSpec>,
-    },
-    AllSync(Vec<RouteSpec>),
-    AllAsync(Vec<RouteSpec>),
-    AllInitial(Vec<RouteSpec>),
-    Random(Vec<RouteSpec>),
-    Failover {
-        children: Vec<RouteSpec>,
-        gutter_ttl: u32,
-    },
-    MissFailover(Vec<RouteSpec>),
-    MasterSlaveL1 {
-        master: Box<RouteSpec>,
-        slave: Box<RouteSpec>,
-        l1: Vec<RouteSpec>,
-    },
-    Warmup {
-        cold: Box<RouteSpec>,
-        warm: Box<RouteSpec>,
-        holdoff_secs: u32,
-    },
+/// A validated route tree.
+pub type RouteSpec = Box<dyn Spec>;
+
+/// One route type: the `type` name, the keys its table takes besides `type`, and the parser
+/// of such a table. Each route type's file defines its own; [`super::TYPES`] lists them.
+pub struct RouteType {
+    pub name: &'static str,
+    pub keys: &'static [&'static str],
+    pub parse: fn(&mut Parser, &Table) -> Result<RouteSpec, ConfigError>,
 }
 
-pub const TYPES: &[&str] = &[
-    "pool",
-    "prefix",
-    "operation",
-    "all-sync",
-    "all-async",
-    "all-initial",
-    "random",
-    "failover",
-    "miss-failover",
-    "master-slave-l1",
-    "warmup",
-];
+/// What a worker builds its routes with: its pool routes (indexed like `Config::pools`;
+/// `None` for a pool it could not build) and its counters.
+pub struct Build<'a> {
+    pub pools: &'a [Option<RouteRef>],
+    pub stats: &'a Arc<WorkerStats>,
+}
 
-pub const DEFAULT_GUTTER_TTL: u32 = 10;
+impl Build<'_> {
+    pub fn route(&self, s: &RouteSpec) -> RouteRef {
+        s.build(self)
+    }
 
-/// Resolves names and validates tables.
-pub struct Resolver<'a> {
-    pub err: &'a dyn Fn(Range<usize>, String) -> ConfigError,
-    pub pools: &'a [String],
-    pub routes: &'a BTreeMap<String, Spanned<RawRouteRef>>,
+    pub fn all(&self, s: &[RouteSpec]) -> Vec<RouteRef> {
+        s.iter().map(|s| s.build(self)).collect()
+    }
+}
+
+/// `stats route <op> <key>` on its way down the tree: the path so far and the servers
+/// reached. Each route type writes its own step with [`Describe::step`] or
+/// [`Describe::list`], choosing the child as its `route` does.
+pub struct Describe<'a> {
+    pub plan: &'a Plan,
+    pub cmd: Cmd,
+    pub key: &'a [u8],
+    path: String,
+    servers: Vec<String>,
+}
+
+impl<'a> Describe<'a> {
+    pub fn new(plan: &'a Plan, cmd: Cmd, key: &'a [u8]) -> Describe<'a> {
+        Describe {
+            plan,
+            cmd,
+            key,
+            path: String::new(),
+            servers: Vec::new(),
+        }
+    }
+
+    /// Appends to the path.
+    pub fn write(&mut self, s: impl fmt::Display) {
+        let _ = write!(self.path, "{s}");
+    }
+
+    /// A server reached (each listed once).
+    pub fn server(&mut self, line: String) {
+        if !self.servers.contains(&line) {
+            self.servers.push(line);
+        }
+    }
+
+    /// `label>` then the one child taken.
+    pub fn step(&mut self, label: impl fmt::Display, child: &RouteSpec) {
+        self.write(format_args!("{label}>"));
+        child.describe(self);
+    }
+
+    /// `name(child, child...)`: every child listed.
+    pub fn list<'s>(&mut self, name: &str, children: impl IntoIterator<Item = &'s RouteSpec>) {
+        self.write(format_args!("{name}("));
+        for (i, c) in children.into_iter().enumerate() {
+            if i > 0 {
+                self.path.push_str(", ");
+            }
+            c.describe(self);
+        }
+        self.path.push(')');
+    }
+
+    /// `route <path>`, then `server <pool> <addr> <state>` per server reached.
+    pub fn lines(self) -> Vec<String> {
+        let mut out = vec![format!("route {}", self.path)];
+        out.extend(self.servers);
+        out
+    }
+}
+
+/// The route types a [`Parser`] knows, and how a pool name becomes a spec.
+pub struct Registry {
+    pub types: &'static [&'static RouteType],
+    pub pool: fn(usize) -> RouteSpec,
+}
+
+impl Registry {
+    /// Every key some route table takes, `type` first.
+    fn keys(&self) -> Vec<&'static str> {
+        let mut keys = vec!["type"];
+        for k in self.types.iter().flat_map(|t| t.keys) {
+            if !keys.contains(k) {
+                keys.push(k);
+            }
+        }
+        keys
+    }
+}
+
+/// Validates the route tree against the pools named `pools`: `route`, and every named
+/// route (those nobody uses are still checked).
+pub fn parse(
+    registry: &Registry,
+    routes: &RawRoutes,
+    pools: &[String],
+) -> Result<RouteSpec, ConfigError> {
+    let root = Parser::new(registry, routes, pools).route(&routes.root)?;
+    for r in routes.named.values() {
+        Parser::new(registry, routes, pools).route(r)?;
+    }
+    Ok(root)
+}
+
+/// A route table being parsed: its type and entries.
+pub struct Table<'t> {
+    kind: &'t str,
+    kind_at: At,
+    entries: &'t [(At, String, RawValue)],
+}
+
+impl<'t> Table<'t> {
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<&'t RawValue> {
+        self.entries
+            .iter()
+            .find(|(_, k, _)| k == key)
+            .map(|(_, _, v)| v)
+    }
+}
+
+/// Resolves names and parses tables.
+pub struct Parser<'a> {
+    registry: &'a Registry,
+    routes: &'a RawRoutes,
+    pools: &'a [String],
+    /// Named routes being resolved, outermost first: a loop refers back into it.
     stack: Vec<String>,
 }
 
-impl<'a> Resolver<'a> {
-    pub fn new(
-        err: &'a dyn Fn(Range<usize>, String) -> ConfigError,
-        pools: &'a [String],
-        routes: &'a BTreeMap<String, Spanned<RawRouteRef>>,
-    ) -> Resolver<'a> {
-        Resolver {
-            err,
-            pools,
+/// serde's name for what a value is, as its "invalid type" errors give it.
+fn unexpected(v: &RawValue) -> String {
+    match &v.kind {
+        RawKind::String(s) => format!("string {s:?}"),
+        RawKind::Integer(n) => format!("integer `{n}`"),
+        RawKind::Array(_) => "sequence".into(),
+        RawKind::Table(_) => "map".into(),
+        RawKind::Other(s) => s.clone(),
+    }
+}
+
+const ROUTE: &str = "a pool or route name, or a route table with a `type`";
+
+impl<'a> Parser<'a> {
+    pub fn new(registry: &'a Registry, routes: &'a RawRoutes, pools: &'a [String]) -> Parser<'a> {
+        Parser {
+            registry,
             routes,
+            pools,
             stack: Vec::new(),
         }
     }
 
-    pub fn resolve(&mut self, r: &Spanned<RawRouteRef>) -> Result<RouteSpec, ConfigError> {
-        match r.get_ref() {
-            RawRouteRef::Name(name) => self.name(name, r.span()),
-            RawRouteRef::Table(t) => self.table(t),
+    pub fn err(&self, at: At, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(&self.routes.file, at, message)
+    }
+
+    fn invalid(&self, v: &RawValue, expected: &str) -> ConfigError {
+        self.err(
+            v.at,
+            format!("invalid type: {}, expected {expected}", unexpected(v)),
+        )
+    }
+
+    /// The configured pool names, in `Config::pools` order.
+    pub fn pools(&self) -> &[String] {
+        self.pools
+    }
+
+    /// A route: a name or a table.
+    pub fn route(&mut self, v: &RawValue) -> Result<RouteSpec, ConfigError> {
+        match &v.kind {
+            RawKind::String(name) => self.name(name, v.at),
+            RawKind::Table(entries) => self.table(v.at, entries),
+            _ => Err(self.invalid(v, ROUTE)),
         }
     }
 
-    fn name(&mut self, name: &str, span: Range<usize>) -> Result<RouteSpec, ConfigError> {
+    fn name(&mut self, name: &str, at: At) -> Result<RouteSpec, ConfigError> {
         if let Some(i) = self.pools.iter().position(|p| p == name) {
-            return Ok(RouteSpec::Pool(i));
+            return Ok((self.registry.pool)(i));
         }
-        let Some(def) = self.routes.get(name) else {
-            let routes: Vec<&str> = self.routes.keys().map(|s| s.as_str()).collect();
-            return Err((self.err)(
-                span,
+        let Some(def) = self.routes.named.get(name) else {
+            let routes: Vec<&str> = self.routes.named.keys().map(|s| s.as_str()).collect();
+            return Err(self.err(
+                at,
                 format!(
                     "{name:?} is not defined as a pool or a route (pools: {}; routes: {})",
                     self.pools.join(", "),
@@ -228,8 +260,8 @@ impl<'a> Resolver<'a> {
             ));
         };
         if self.stack.iter().any(|s| s == name) {
-            return Err((self.err)(
-                span,
+            return Err(self.err(
+                at,
                 format!(
                     "route {name:?} refers to itself ({} -> {name})",
                     self.stack.join(" -> ")
@@ -237,269 +269,171 @@ impl<'a> Resolver<'a> {
             ));
         }
         self.stack.push(name.to_string());
-        let r = self.resolve(def);
+        let r = self.route(def);
         self.stack.pop();
         r
     }
 
-    fn children(
+    /// A table: its type, then keys that type does not take refused, then its parser.
+    fn table(
         &mut self,
-        what: &str,
-        c: &Children,
-        kind: &Spanned<String>,
-    ) -> Result<Vec<RouteSpec>, ConfigError> {
-        let Some(list) = c else {
-            return Err((self.err)(
-                kind.span(),
-                format!("type {:?} needs `{what}`", kind.get_ref()),
+        at: At,
+        entries: &[(At, String, RawValue)],
+    ) -> Result<RouteSpec, ConfigError> {
+        let types = self.registry.types;
+        let known = self.registry.keys();
+        if let Some((key_at, key, _)) = entries
+            .iter()
+            .find(|(_, k, _)| !known.contains(&k.as_str()))
+        {
+            let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+            return Err(self.err(
+                *key_at,
+                format!(
+                    "unknown field `{key}`, expected one of {}",
+                    expected.join(", ")
+                ),
+            ));
+        }
+        let Some((_, _, kind)) = entries.iter().find(|(_, k, _)| k == "type") else {
+            return Err(self.err(at, "missing field `type`"));
+        };
+        let RawKind::String(name) = &kind.kind else {
+            return Err(self.invalid(kind, "a string"));
+        };
+        let Some(ty) = types.iter().find(|t| t.name == name) else {
+            let names: Vec<&str> = types.iter().map(|t| t.name).collect();
+            return Err(self.err(
+                kind.at,
+                format!("unknown route type {name:?} (one of {})", names.join(", ")),
             ));
         };
-        if list.get_ref().is_empty() {
-            return Err((self.err)(list.span(), format!("`{what}` is empty")));
-        }
-        list.get_ref().iter().map(|r| self.resolve(r)).collect()
-    }
-
-    fn one(
-        &mut self,
-        what: &str,
-        c: &Child,
-        kind: &Spanned<String>,
-    ) -> Result<RouteSpec, ConfigError> {
-        match c {
-            Some(r) => self.resolve(r),
-            None => Err((self.err)(
-                kind.span(),
-                format!("type {:?} needs `{what}`", kind.get_ref()),
-            )),
-        }
-    }
-
-    fn int(
-        &self,
-        v: &Option<Spanned<i64>>,
-        what: &str,
-        default: u32,
-        max: i64,
-    ) -> Result<u32, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) if (1..=max).contains(s.get_ref()) => Ok(*s.get_ref() as u32),
-            Some(s) => Err((self.err)(
-                s.span(),
-                format!("{what} must be between 1 and {max}, not {}", s.get_ref()),
-            )),
-        }
-    }
-
-    fn table(&mut self, t: &RawRoute) -> Result<RouteSpec, ConfigError> {
-        let kind = t.kind.get_ref().as_str();
-        let allowed: &[&str] = match kind {
-            "pool" => &["pool"],
-            "prefix" => &["prefixes", "default"],
-            "operation" => &[
-                "get",
-                "set",
-                "delete",
-                "arith",
-                "touch",
-                "flush_all",
-                "default",
-            ],
-            "all-sync" | "all-async" | "all-initial" | "random" | "miss-failover" => &["children"],
-            "failover" => &["children", "gutter_ttl"],
-            "master-slave-l1" => &["master", "slave", "l1"],
-            "warmup" => &["cold", "warm", "holdoff_secs"],
-            other => {
-                return Err((self.err)(
-                    t.kind.span(),
-                    format!("unknown route type {other:?} (one of {})", TYPES.join(", ")),
-                ))
-            }
-        };
-        for (name, span) in t.present() {
-            if !allowed.contains(&name) {
-                return Err((self.err)(
-                    span,
+        for (_, key, v) in entries {
+            if key != "type" && !ty.keys.contains(&key.as_str()) {
+                return Err(self.err(
+                    v.at,
                     format!(
-                        "`{name}` does not apply to a {kind:?} route (it takes: {})",
-                        allowed.join(", ")
+                        "`{key}` does not apply to a {name:?} route (it takes: {})",
+                        ty.keys.join(", ")
                     ),
                 ));
             }
         }
-        let k = &t.kind;
-        Ok(match kind {
-            "pool" => match &t.pool {
-                Some(p) => match self.pools.iter().position(|n| n == p.get_ref()) {
-                    Some(i) => RouteSpec::Pool(i),
-                    None => {
-                        return Err((self.err)(
-                            p.span(),
-                            format!(
-                                "pool {:?} is not defined (pools: {})",
-                                p.get_ref(),
-                                self.pools.join(", ")
-                            ),
-                        ))
-                    }
-                },
-                None => return Err((self.err)(k.span(), "type \"pool\" needs `pool`".into())),
-            },
-            "prefix" => {
-                let Some(map) = &t.prefixes else {
-                    return Err((self.err)(
-                        k.span(),
-                        "type \"prefix\" needs `prefixes`".into(),
-                    ));
-                };
-                let mut prefixes = Vec::new();
-                for (p, r) in map.get_ref() {
-                    if p.is_empty() || p.bytes().any(|b| b <= b' ' || b == 0x7f) {
-                        return Err((self.err)(
-                            r.span(),
-                            format!("prefix {p:?} must be non-empty, without spaces or control characters"),
-                        ));
-                    }
-                    prefixes.push((p.as_bytes().to_vec(), self.resolve(r)?));
-                }
-                // Longest first: the first match is the longest prefix.
-                prefixes.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
-                RouteSpec::Prefix {
-                    prefixes,
-                    default: Box::new(self.one("default", &t.default, k)?),
-                }
-            }
-            "operation" => {
-                let mut ops = Vec::new();
-                for (class, c) in [
-                    (OpClass::Get, &t.get),
-                    (OpClass::Set, &t.set),
-                    (OpClass::Delete, &t.delete),
-                    (OpClass::Arith, &t.arith),
-                    (OpClass::Touch, &t.touch),
-                    (OpClass::FlushAll, &t.flush_all),
-                ] {
-                    if let Some(r) = c {
-                        ops.push((class, self.resolve(r)?));
-                    }
-                }
-                RouteSpec::Operation {
-                    ops,
-                    default: Box::new(self.one("default", &t.default, k)?),
-                }
-            }
-            "all-sync" => RouteSpec::AllSync(self.children("children", &t.children, k)?),
-            "all-async" => RouteSpec::AllAsync(self.children("children", &t.children, k)?),
-            "all-initial" => RouteSpec::AllInitial(self.children("children", &t.children, k)?),
-            "random" => RouteSpec::Random(self.children("children", &t.children, k)?),
-            "miss-failover" => {
-                RouteSpec::MissFailover(self.children("children", &t.children, k)?)
-            }
-            "failover" => RouteSpec::Failover {
-                children: self.children("children", &t.children, k)?,
-                gutter_ttl: self.int(&t.gutter_ttl, "gutter_ttl", DEFAULT_GUTTER_TTL, 2_592_000)?,
-            },
-            "master-slave-l1" => RouteSpec::MasterSlaveL1 {
-                master: Box::new(self.one("master", &t.master, k)?),
-                slave: Box::new(self.one("slave", &t.slave, k)?),
-                l1: match &t.l1 {
-                    None => Vec::new(),
-                    Some(_) => self.children("l1", &t.l1, k)?,
-                },
-            },
-            "warmup" => RouteSpec::Warmup {
-                cold: Box::new(self.one("cold", &t.cold, k)?),
-                warm: Box::new(self.one("warm", &t.warm, k)?),
-                holdoff_secs: self.int(
-                    &t.holdoff_secs,
-                    "holdoff_secs",
-                    marker::holdoff::DEFAULT_HOLDOFF_SECS,
-                    60,
-                )?,
-            },
-            _ => unreachable!("checked above"),
-        })
-    }
-}
-
-impl RawRoute {
-    /// The optional keys that are set, with where.
-    fn present(&self) -> Vec<(&'static str, Range<usize>)> {
-        let mut out = Vec::new();
-        let mut c = |name: &'static str, s: Option<Range<usize>>| {
-            if let Some(s) = s {
-                out.push((name, s));
-            }
+        let table = Table {
+            kind: name,
+            kind_at: kind.at,
+            entries,
         };
-        c("pool", self.pool.as_ref().map(|s| s.span()));
-        c("children", self.children.as_ref().map(|s| s.span()));
-        c("prefixes", self.prefixes.as_ref().map(|s| s.span()));
-        for (name, v) in [
-            ("default", &self.default),
-            ("get", &self.get),
-            ("set", &self.set),
-            ("delete", &self.delete),
-            ("arith", &self.arith),
-            ("touch", &self.touch),
-            ("flush_all", &self.flush_all),
-            ("master", &self.master),
-            ("slave", &self.slave),
-            ("cold", &self.cold),
-            ("warm", &self.warm),
-        ] {
-            c(name, v.as_ref().map(|s| s.span()));
-        }
-        c("gutter_ttl", self.gutter_ttl.as_ref().map(|s| s.span()));
-        c("l1", self.l1.as_ref().map(|s| s.span()));
-        c("holdoff_secs", self.holdoff_secs.as_ref().map(|s| s.span()));
-        out
+        (ty.parse)(self, &table)
     }
-}
 
-impl RouteSpec {
-    /// Every pool the tree uses.
-    pub fn pools(&self, out: &mut Vec<usize>) {
-        let add = |s: &RouteSpec, out: &mut Vec<usize>| s.pools(out);
-        match self {
-            RouteSpec::Pool(i) => {
-                if !out.contains(i) {
-                    out.push(*i)
-                }
+    /// The error of a table that lacks `what`.
+    pub fn needs(&self, t: &Table, what: &str) -> ConfigError {
+        self.err(t.kind_at, format!("type {:?} needs `{what}`", t.kind))
+    }
+
+    /// The route under `key`, if set.
+    pub fn child(&mut self, t: &Table, key: &str) -> Result<Option<RouteSpec>, ConfigError> {
+        t.get(key).map(|v| self.route(v)).transpose()
+    }
+
+    /// The route under `key`, which the type needs.
+    pub fn required_child(&mut self, t: &Table, key: &str) -> Result<RouteSpec, ConfigError> {
+        match self.child(t, key)? {
+            Some(r) => Ok(r),
+            None => Err(self.needs(t, key)),
+        }
+    }
+
+    /// The non-empty list of routes under `key`, if set.
+    pub fn children(
+        &mut self,
+        t: &Table,
+        key: &str,
+    ) -> Result<Option<Vec<RouteSpec>>, ConfigError> {
+        let Some(v) = t.get(key) else {
+            return Ok(None);
+        };
+        let RawKind::Array(list) = &v.kind else {
+            return Err(self.invalid(v, "a sequence"));
+        };
+        if list.is_empty() {
+            return Err(self.err(v.at, format!("`{key}` is empty")));
+        }
+        list.iter()
+            .map(|r| self.route(r))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    /// The non-empty list of routes under `key`, which the type needs.
+    pub fn required_children(
+        &mut self,
+        t: &Table,
+        key: &str,
+    ) -> Result<Vec<RouteSpec>, ConfigError> {
+        match self.children(t, key)? {
+            Some(c) => Ok(c),
+            None => Err(self.needs(t, key)),
+        }
+    }
+
+    /// The string under `key`, with where it is, if set.
+    pub fn string<'t>(
+        &self,
+        t: &Table<'t>,
+        key: &str,
+    ) -> Result<Option<(&'t str, At)>, ConfigError> {
+        match t.get(key) {
+            None => Ok(None),
+            Some(RawValue {
+                at,
+                kind: RawKind::String(s),
+            }) => Ok(Some((s.as_str(), *at))),
+            Some(v) => Err(self.invalid(v, "a string")),
+        }
+    }
+
+    /// The number of seconds (1..=`max`) under `key`; `default` when not set.
+    pub fn seconds(
+        &self,
+        t: &Table,
+        key: &str,
+        default: u32,
+        max: i64,
+    ) -> Result<u32, ConfigError> {
+        match t.get(key) {
+            None => Ok(default),
+            Some(RawValue {
+                kind: RawKind::Integer(n),
+                ..
+            }) if (1..=max).contains(n) => Ok(*n as u32),
+            Some(RawValue {
+                at,
+                kind: RawKind::Integer(n),
+            }) => Err(self.err(*at, format!("{key} must be between 1 and {max}, not {n}"))),
+            Some(v) => Err(self.invalid(v, "i64")),
+        }
+    }
+
+    /// The entries of the table under `key` (in key order), if set.
+    pub fn map<'t>(
+        &self,
+        t: &Table<'t>,
+        key: &str,
+    ) -> Result<Option<Vec<(&'t str, &'t RawValue)>>, ConfigError> {
+        match t.get(key) {
+            None => Ok(None),
+            Some(RawValue {
+                kind: RawKind::Table(entries),
+                ..
+            }) => {
+                let mut out: Vec<(&str, &RawValue)> =
+                    entries.iter().map(|(_, k, v)| (k.as_str(), v)).collect();
+                out.sort_by(|a, b| a.0.cmp(b.0));
+                Ok(Some(out))
             }
-            RouteSpec::Prefix { prefixes, default } => {
-                for (_, c) in prefixes {
-                    add(c, out);
-                }
-                add(default, out);
-            }
-            RouteSpec::Operation { ops, default } => {
-                for (_, c) in ops {
-                    add(c, out);
-                }
-                add(default, out);
-            }
-            RouteSpec::AllSync(c)
-            | RouteSpec::AllAsync(c)
-            | RouteSpec::AllInitial(c)
-            | RouteSpec::Random(c)
-            | RouteSpec::MissFailover(c)
-            | RouteSpec::Failover { children: c, .. } => {
-                for c in c {
-                    add(c, out);
-                }
-            }
-            RouteSpec::MasterSlaveL1 { master, slave, l1 } => {
-                add(master, out);
-                add(slave, out);
-                for c in l1 {
-                    add(c, out);
-                }
-            }
-            RouteSpec::Warmup { cold, warm, .. } => {
-                add(cold, out);
-                add(warm, out);
-            }
+            Some(v) => Err(self.invalid(v, "a map")),
         }
     }
 }
