@@ -3,7 +3,8 @@
 //! the next child, and so on. A miss or a server's own error is an answer, not a failure.
 //! Children after the first are gutters: a set-like request that lands there has its TTL
 //! capped at `gutter_ttl` seconds (default 10), so gutter data dies quickly once the
-//! primary is back. Multi-gets fail over key by key.
+//! primary is back (`gutter_ttl = 0`: no cap, as mcrouter's plain `FailoverRoute`).
+//! Multi-gets fail over key by key.
 //!
 //! ```toml
 //! [route]
@@ -19,7 +20,7 @@ use super::joiner::per_key;
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
 use super::wire::with_ttl_cap;
 use super::{Completion, Reply, Route, RouteRef};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, RawKind, RawValue};
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;
 
@@ -40,7 +41,14 @@ pub struct FailoverSpec {
 fn parse(p: &mut Parser, t: &Table) -> Result<RouteSpec, ConfigError> {
     Ok(Box::new(FailoverSpec {
         children: p.required_children(t, "children")?,
-        gutter_ttl: p.seconds(t, "gutter_ttl", DEFAULT_GUTTER_TTL, 2_592_000)?,
+        gutter_ttl: match t.get("gutter_ttl") {
+            // 0: no cap, as mcrouter's plain FailoverRoute (its converter writes this).
+            Some(RawValue {
+                kind: RawKind::Integer(0),
+                ..
+            }) => 0,
+            _ => p.seconds(t, "gutter_ttl", DEFAULT_GUTTER_TTL, 2_592_000)?,
+        },
     }))
 }
 
@@ -97,7 +105,10 @@ impl Failover {
         let last = i + 1 >= self.children.len();
         let sent = if i > 0 && takes_ttl(req.cmd()) {
             self.stats.gutter_sets.add(1);
-            with_ttl_cap(&req, self.gutter_ttl)
+            match self.gutter_ttl {
+                0 => req.clone(),
+                cap => with_ttl_cap(&req, cap),
+            }
         } else if last {
             // The last child: nothing to keep the request for.
             return child.route(req, done);
@@ -220,6 +231,25 @@ mod tests {
         );
         assert_eq!(stats.gutter_sets.get(), 6);
         assert_eq!(stats.failovers.get(), 7);
+    }
+
+    #[test]
+    fn gutter_ttl_0_leaves_the_ttl_alone() {
+        let log = log();
+        let stats = stats();
+        let main = Fake::new("main", &log, Answer::Error);
+        let gutter = Fake::new("gutter", &log, STORED);
+        let r = FailoverRoute::new(vec![main.as_route(), gutter.as_route()], 0, stats.clone());
+        assert_eq!(ask(&r, "set k 3 0 1\r\nv\r\n").unwrap(), "STORED\r\n");
+        assert_eq!(ask(&r, "ms k 1 T100\r\nv\r\n").unwrap(), "STORED\r\n");
+        let to_gutter: Vec<String> = calls(&log)
+            .into_iter()
+            .filter(|c| c.starts_with("gutter"))
+            .collect();
+        assert_eq!(
+            to_gutter,
+            ["gutter: set k 3 0 \"v\"", "gutter: ms k 1 T100"]
+        );
     }
 
     #[test]
