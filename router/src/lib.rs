@@ -15,13 +15,14 @@
 pub mod backend;
 pub mod client;
 pub mod config;
-pub mod health;
 pub mod invalidation;
 pub mod listener;
 pub mod lograte;
 pub mod metrics;
 pub mod protocol;
 pub mod reload;
+pub mod reply_queue;
 pub mod route;
+pub mod socket;
 pub mod stats;
 pub mod worker;

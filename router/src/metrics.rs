@@ -38,7 +38,7 @@ fn publish(s: &Shared) {
     metrics::counter!("squeal_router_clients_closed_total", "reason" => "output_overflow")
         .absolute(s.sum(|w| w.output_overflows.get()));
     metrics::gauge!("squeal_router_buffered_output_bytes")
-        .set(crate::client::buffered_output() as f64);
+        .set(crate::reply_queue::buffered_output() as f64);
     metrics::counter!("squeal_router_backend_errors_total")
         .absolute(s.sum(|w| w.backend_errors.get()));
     metrics::counter!("squeal_router_connections_total")

@@ -237,7 +237,10 @@ impl Shared {
         stat("get_misses", &self.sum(|w| w.get_misses.get()));
         stat("client_errors", &self.sum(|w| w.client_errors.get()));
         stat("output_overflows", &self.sum(|w| w.output_overflows.get()));
-        stat("buffered_output_bytes", &crate::client::buffered_output());
+        stat(
+            "buffered_output_bytes",
+            &crate::reply_queue::buffered_output(),
+        );
         stat("backend_errors", &self.sum(|w| w.backend_errors.get()));
         stat("bytes_read", &self.sum(|w| w.bytes_read.get()));
         stat("bytes_written", &self.sum(|w| w.bytes_written.get()));

@@ -16,10 +16,10 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::backend::health::Watch;
 use crate::backend::{BackendConn, Timeouts};
 use crate::client::ClientCtx;
 use crate::config::Config;
-use crate::health::Watch;
 use crate::protocol::{Limits, Request};
 use crate::route::pool::{Placement, PoolRoute};
 use crate::route::{tree, Completion, Route, RouteRef};
@@ -81,7 +81,7 @@ impl Plan {
 type ConnKey = (String, String, usize);
 
 struct Backend {
-    conn: Rc<BackendConn>,
+    conn: Rc<BackendConn<Completion>>,
     task: tokio::task::AbortHandle,
     server: Arc<ServerStats>,
     addr: std::net::SocketAddr,

@@ -3,5 +3,6 @@
 
 pub mod codec;
 pub mod connection;
+pub mod health;
 
 pub use connection::{BackendConn, Timeouts};

@@ -15,6 +15,7 @@
 //! (`crate::backend::codec`) rebuilds as one canonical meta command with the router's own
 //! opaque token. Nothing a client sends reaches a backend as it was sent.
 
+pub mod item_codec;
 pub mod meta;
 pub mod number;
 pub mod reply;

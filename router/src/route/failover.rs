@@ -11,8 +11,8 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::wire::with_ttl_cap;
 use super::{per_key, Completion, Reply, Route, RouteRef};
+use crate::protocol::item_codec::with_ttl_cap;
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;
 

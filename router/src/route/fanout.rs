@@ -12,8 +12,8 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::wire::badness;
 use super::{Completion, Reply, Route, RouteRef};
+use crate::protocol::item_codec::badness;
 use crate::protocol::Request;
 use crate::stats::WorkerStats;
 

@@ -19,18 +19,19 @@ pub mod select;
 pub mod spec;
 pub mod tree;
 pub mod warmup;
-pub mod wire;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 use bytes::Bytes;
 
-use crate::client::Slot;
-use crate::health::Watch;
+use crate::backend::health::Watch;
+use crate::protocol::item_codec;
 use crate::protocol::{reply::value_blocks, MultiGetRequest, Request};
+use crate::reply_queue::Slot;
 
-pub use pool::PoolRoute;
+/// Replies are a protocol type; routes name them often, so they are re-exported here.
+pub use crate::protocol::reply::Reply;
 
 /// Something that serves requests: a pool, or a tree of routes over pools.
 pub trait Route {
@@ -40,36 +41,6 @@ pub trait Route {
 
 /// A route as composite routes hold their children (and capture them in completions).
 pub type RouteRef = Rc<dyn Route>;
-
-/// A reply on its way back.
-#[derive(Debug, Clone)]
-pub enum Reply {
-    /// Bytes exactly as the server sent them (one reply).
-    Data(Bytes),
-    /// A reply assembled from pieces (a multi-get merged from several servers).
-    Chunks(Vec<Bytes>),
-    /// The router could not get a reply (`SERVER_ERROR ...\r\n`), e.g. the server is down.
-    Error(Bytes),
-}
-
-impl Reply {
-    pub fn error(msg: &str) -> Reply {
-        Reply::Error(Bytes::from(format!("SERVER_ERROR {msg}\r\n")))
-    }
-
-    /// The first bytes of the reply (its status line starts here).
-    pub fn head(&self) -> &[u8] {
-        match self {
-            Reply::Data(b) | Reply::Error(b) => b,
-            Reply::Chunks(c) => c.first().map_or(&b""[..], |b| &b[..]),
-        }
-    }
-
-    /// True for a `SERVER_ERROR` the router made: routes that fail over look at this.
-    pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
-    }
-}
 
 /// Where a reply goes.
 pub enum Completion {
@@ -102,7 +73,7 @@ impl Completion {
                 slot.fill(reply)
             }
             Completion::Background(stats) => {
-                if reply.is_error() || wire::badness(&reply) >= 2 {
+                if reply.is_error() || item_codec::badness(&reply) >= 2 {
                     stats.async_failures.add(1);
                 }
             }
@@ -127,6 +98,13 @@ impl Completion {
                 })
             }
         }
+    }
+}
+
+impl crate::backend::connection::Done for Completion {
+    #[inline]
+    fn done(self, reply: Reply) {
+        self.complete(reply)
     }
 }
 
@@ -345,7 +323,7 @@ impl MergeStats {
     }
 
     fn done(&self, reply: Reply) {
-        let bytes = wire::bytes_of(&reply).into_owned();
+        let bytes = item_codec::bytes_of(&reply).into_owned();
         if reply.is_error() || bytes.starts_with(b"SERVER_ERROR") || bytes.starts_with(b"ERROR") {
             self.failed.borrow_mut().get_or_insert(reply);
         } else if !bytes.starts_with(b"STAT ") {

@@ -20,8 +20,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::wire::{self, miss_reply, parse_get, parse_mg, storage_of, value_reply, Read};
 use super::{per_key, Completion, Gather, Reply, Route, RouteRef};
+use crate::protocol::item_codec::{
+    self as wire, miss_reply, parse_get, parse_mg, storage_of, value_reply, Read,
+};
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;
 

@@ -8,8 +8,8 @@ use bytes::Bytes;
 
 use super::hash::{ketama::Continuum, HashFn};
 use super::{Completion, Gather, MergeGet, MergeStats, Reply, Route};
+use crate::backend::health::Watch;
 use crate::backend::BackendConn;
-use crate::health::Watch;
 use crate::protocol::{KeyedRequest, MultiGetRequest, Request};
 use crate::stats::WorkerStats;
 
@@ -118,14 +118,17 @@ impl Placement {
 pub struct PoolRoute {
     placement: Arc<Placement>,
     /// Per server, this worker's connections to it.
-    servers: Vec<Vec<Rc<BackendConn>>>,
+    servers: Vec<Vec<Rc<BackendConn<Completion>>>>,
     /// Per server, its health watch (empty: no health checking).
     health: Vec<Rc<Watch>>,
     stats: Option<Arc<WorkerStats>>,
 }
 
 impl PoolRoute {
-    pub fn new(placement: Arc<Placement>, servers: Vec<Vec<Rc<BackendConn>>>) -> PoolRoute {
+    pub fn new(
+        placement: Arc<Placement>,
+        servers: Vec<Vec<Rc<BackendConn<Completion>>>>,
+    ) -> PoolRoute {
         PoolRoute {
             placement,
             servers,
@@ -162,7 +165,7 @@ impl PoolRoute {
 
     /// The connection for a key on a server. One key always uses the same connection, so
     /// a client's `set k` then `get k` can never overtake each other.
-    fn conn(&self, server: usize, key: &[u8]) -> &BackendConn {
+    fn conn(&self, server: usize, key: &[u8]) -> &BackendConn<Completion> {
         let conns = &self.servers[server];
         if conns.len() == 1 {
             return &conns[0];

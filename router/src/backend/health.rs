@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::Health;
-use crate::route::Reply;
+use crate::protocol::reply::Reply;
 use crate::stats::ServerStats;
 
 /// One server's health as a worker's pool route sees it.
