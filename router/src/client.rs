@@ -22,17 +22,18 @@ use std::task::Poll;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 
+use crate::plan::Process;
 use crate::protocol::{self, Limits, Parsed, Step};
 use crate::reply_queue::{Replies, FAIR_SHARE};
 use crate::route::{Completion, Route};
 use crate::socket::{read_drained, write_queued};
-use crate::stats::{Shared, WorkerStats};
+use crate::stats::WorkerStats;
 
 /// What every connection of a worker shares.
 pub struct ClientCtx {
     pub route: Rc<dyn Route>,
     pub stats: Arc<WorkerStats>,
-    pub shared: Arc<Shared>,
+    pub process: Arc<Process>,
     pub limits: Limits,
     pub max_pending: usize,
     pub max_output: usize,
@@ -137,7 +138,10 @@ impl Conn {
                             self.local(Bytes::from_static(r));
                         }
                         Parsed::Stats(args) => {
-                            self.local(Bytes::from(ctx.shared.render(&args)));
+                            self.local(Bytes::from(crate::admin::stats::render(
+                                &ctx.process,
+                                &args,
+                            )));
                         }
                         Parsed::Verbosity => self.local(Bytes::from_static(b"OK\r\n")),
                         Parsed::Mn => self.local(Bytes::from_static(b"MN\r\n")),

@@ -12,15 +12,15 @@
 //! never crosses threads on the hot path. See [`worker`] for the threading model and
 //! [`route`] for the seam where route trees plug in.
 
+pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod config;
 pub mod invalidation;
 pub mod listener;
 pub mod lograte;
-pub mod metrics;
+pub mod plan;
 pub mod protocol;
-pub mod reload;
 pub mod reply_queue;
 pub mod route;
 pub mod socket;

@@ -54,7 +54,7 @@ struct Queue {
     waker: Option<Waker>,
 }
 
-/// A connection's ordered reply queue, shared with the completions of its requests.
+/// A connection's ordered reply queue, process with the completions of its requests.
 pub struct Replies {
     q: RefCell<Queue>,
     /// Reply bytes held for this client (ready slots and the output queue).

@@ -1,4 +1,4 @@
-//! Socket helpers shared by client and backend connections: one read that notices a
+//! Socket helpers process by client and backend connections: one read that notices a
 //! drained socket, and one vectored write of everything queued.
 
 use std::collections::VecDeque;

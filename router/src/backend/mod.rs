@@ -1,5 +1,5 @@
 //! Backend connections: long-lived, pipelined connections from one worker to one memcached
-//! server, shared by all the worker's clients.
+//! server, process by all the worker's clients.
 
 pub mod codec;
 pub mod connection;

@@ -29,9 +29,9 @@ pub struct InvalidationConfig {
     /// Native-protocol port for squeal's batches (loopback or a private network: batches are
     /// authenticated, not encrypted).
     pub listen: Option<SocketAddr>,
-    /// Shared secret for the batch MAC. Prefer `secret_file` in production.
+    /// Process secret for the batch MAC. Prefer `secret_file` in production.
     pub secret: Option<String>,
-    /// File holding the shared secret (trailing whitespace ignored).
+    /// File holding the process secret (trailing whitespace ignored).
     pub secret_file: Option<PathBuf>,
     /// Pools that receive every cache-key delete: each front-end cluster of the region.
     pub clusters: Vec<String>,

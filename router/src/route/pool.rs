@@ -25,7 +25,7 @@ pub enum Distribution {
     Random(Vec<u32>),
 }
 
-/// The placement of a pool, shared read-only by all workers.
+/// The placement of a pool, process read-only by all workers.
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub hash: HashFn,
@@ -114,7 +114,7 @@ impl Placement {
     }
 }
 
-/// A pool as one worker sees it: the shared placement and this worker's connections.
+/// A pool as one worker sees it: the process placement and this worker's connections.
 pub struct PoolRoute {
     placement: Arc<Placement>,
     /// Per server, this worker's connections to it.

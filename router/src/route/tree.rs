@@ -12,9 +12,9 @@ use super::select::{OperationRoute, PrefixRoute, RandomRoute};
 use super::spec::{OpClass, RouteSpec};
 use super::warmup::WarmupRoute;
 use super::{Completion, Reply, Route, RouteRef};
+use crate::plan::Plan;
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;
-use crate::worker::Plan;
 
 /// Answers every request with an error: a pool the worker could not build.
 struct Unavailable;

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::stats::Shared;
-use crate::worker::Plan;
+use crate::plan::Plan;
+use crate::plan::Process;
 
 /// Installs the SIGHUP handler (before returning, so an early SIGHUP cannot kill the
 /// process) and serves reloads on a thread of its own.
-pub fn spawn(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<()> {
+pub fn spawn(path: PathBuf, process: Arc<Process>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -30,7 +30,7 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<()> {
         .spawn(move || {
             rt.block_on(async move {
                 while hup.recv().await.is_some() {
-                    reload(&path, &shared);
+                    reload(&path, &process);
                 }
             })
         })?;
@@ -38,16 +38,16 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<()> {
 }
 
 /// Reads, validates and publishes the config at `path`; returns whether it was taken.
-pub fn reload(path: &std::path::Path, shared: &Shared) -> bool {
+pub fn reload(path: &std::path::Path, process: &Process) -> bool {
     let new = match Config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            shared.reload_failures.fetch_add(1, Relaxed);
+            process.reload_failures.fetch_add(1, Relaxed);
             tracing::error!("config reload rejected, the running config stays: {e}");
             return false;
         }
     };
-    let old = shared.plan();
+    let old = process.plan();
     let o = &old.config;
     for (name, changed) in [
         ("listen", o.listen != new.listen),
@@ -64,10 +64,10 @@ pub fn reload(path: &std::path::Path, shared: &Shared) -> bool {
         }
     }
     let plan = Arc::new(Plan::next(new, Some(&old)));
-    shared.publish(plan);
-    shared.reloads.fetch_add(1, Relaxed);
+    process.publish(plan);
+    process.reloads.fetch_add(1, Relaxed);
     tracing::info!(
-        generation = shared.generation.load(Relaxed),
+        generation = process.generation.load(Relaxed),
         "config reloaded from {}",
         path.display()
     );

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 
+use crate::plan::Process;
 use crate::protocol::Cmd;
-use crate::stats::Shared;
 
 /// Serves `/metrics` on `addr` and keeps the values current.
-pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+pub fn start(addr: SocketAddr, process: Arc<Process>) -> anyhow::Result<()> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
@@ -21,13 +21,13 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || loop {
-            publish(&shared);
+            publish(&process);
             std::thread::sleep(Duration::from_secs(1));
         })?;
     Ok(())
 }
 
-fn publish(s: &Shared) {
+fn publish(s: &Process) {
     for cmd in Cmd::ALL {
         metrics::counter!("squeal_router_ops_total", "cmd" => cmd.name()).absolute(s.ops(cmd));
     }
