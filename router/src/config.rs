@@ -37,6 +37,8 @@
 //! Route trees (`[route] type = ...`, `[routes.NAME]`) are parsed and validated in
 //! [`crate::route::spec`].
 
+pub mod invalidation;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -47,7 +49,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::route::hash::HashFn;
+use crate::placement::hash::HashFn;
+use crate::placement::Placement;
 use crate::route::spec::{RawRouteRef, Resolver, RouteSpec};
 
 /// A configuration problem and where it is.
@@ -93,7 +96,7 @@ struct RawConfig {
     #[serde(default)]
     pools: BTreeMap<String, Spanned<RawPool>>,
     /// The receiving end of squeal's invalidations (see `crate::invalidation`).
-    invalidation: Option<Spanned<crate::invalidation::InvalidationConfig>>,
+    invalidation: Option<Spanned<invalidation::InvalidationConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -148,7 +151,7 @@ pub struct Config {
     pub health: Option<Health>,
     pub timeouts: Timeouts,
     pub limits: Limits,
-    pub invalidation: Option<crate::invalidation::InvalidationConfig>,
+    pub invalidation: Option<invalidation::InvalidationConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -493,6 +496,27 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
         connections,
         servers,
     })
+}
+
+impl Pool {
+    /// The placement a configured pool describes (client traffic and the invalidation
+    /// fan-out must agree on it). libmemcached's non-weighted ketama names points by
+    /// `host:port` as written; twemproxy's ketama by its own rule (`ketama_name`).
+    pub fn placement(&self) -> Placement {
+        let names: Vec<(String, u32)> = self
+            .servers
+            .iter()
+            .map(|s| {
+                let name = if self.distribution == "libmemcached_ketama" {
+                    s.label.clone()
+                } else {
+                    s.ketama_name.clone()
+                };
+                (name, s.weight)
+            })
+            .collect();
+        Placement::new(self.hash, &self.distribution, &names).with_hash_tag(self.hash_tag)
+    }
 }
 
 /// `host:port[:weight] [name]`, twemproxy's server syntax.

@@ -19,6 +19,7 @@ pub mod config;
 pub mod invalidation;
 pub mod listener;
 pub mod lograte;
+pub mod placement;
 pub mod plan;
 pub mod protocol;
 pub mod reply_queue;

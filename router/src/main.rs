@@ -58,7 +58,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     if cli.spool_inspect || cli.spool_replay {
-        return router::invalidation::spool_cli(&config, cli.spool_replay);
+        let plan = Plan::new(config);
+        let pools = router::invalidation::Pools {
+            config: &plan.config,
+            placements: &plan.placements,
+        };
+        return router::invalidation::spool_cli(pools, cli.spool_replay);
     }
     let plan = Arc::new(Plan::new(config));
     let cfg = &plan.config;
@@ -66,7 +71,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // The invalidation side binds its port and opens its spool first: once the client
     // port accepts connections, the whole router is up (tests and health checks wait for
     // the client port only).
-    let _invalidation = router::invalidation::spawn(Arc::new(cfg.clone()))?;
+    let _invalidation =
+        router::invalidation::spawn(Arc::new(cfg.clone()), plan.placements.clone())?;
     // Bind everything before starting, so a busy port is an immediate, clear error.
     let mut per_worker = Vec::new();
     for _ in 0..cfg.workers {

@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::placement::Placement;
 use crate::protocol::Cmd;
-use crate::route::pool::Placement;
 use crate::stats::{ServerStats, WorkerStats};
 
 /// What workers run: a validated config with its placements and per-server stats. Built
@@ -32,7 +32,7 @@ impl Plan {
         let placements = config
             .pools
             .iter()
-            .map(|p| Arc::new(Placement::of_pool(p)))
+            .map(|p| Arc::new(p.placement()))
             .collect();
         let old = |pool: &str, addr: &str| {
             previous.and_then(|prev| {

@@ -12,7 +12,6 @@
 
 pub mod failover;
 pub mod fanout;
-pub mod hash;
 pub mod msl1;
 pub mod pool;
 pub mod select;

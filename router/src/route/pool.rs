@@ -1,118 +1,18 @@
-//! A pool: servers with weights, a hash function and a distribution. The pool route hashes
-//! each key to a server and hands the request to that server's backend connection.
+//! The pool route: hashes each key to a server (the pool's [`Placement`]) and hands the
+//! request to that server's backend connection.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::hash::{ketama::Continuum, HashFn};
 use super::{Completion, Gather, MergeGet, MergeStats, Reply, Route};
 use crate::backend::health::Watch;
 use crate::backend::BackendConn;
+use crate::placement::hash::HashFn;
+use crate::placement::Placement;
 use crate::protocol::{KeyedRequest, MultiGetRequest, Request};
 use crate::stats::WorkerStats;
-
-/// How keys spread over servers (twemproxy's `distribution:`).
-#[derive(Debug, Clone)]
-pub enum Distribution {
-    Ketama(Continuum),
-    /// `hash % n` over a list where each server appears `weight` times.
-    Modula(Vec<u32>),
-    /// mcrouter's `Ch3` (`furc_hash` over the number of servers; weights ignored).
-    Ch3(u32),
-    /// A random entry of the same weighted list: for replicated, read-mostly data.
-    Random(Vec<u32>),
-}
-
-/// The placement of a pool, process read-only by all workers.
-#[derive(Debug, Clone)]
-pub struct Placement {
-    pub hash: HashFn,
-    pub dist: Distribution,
-    /// twemproxy's `hash_tag` (see [`crate::config::Pool::hash_tag`]).
-    pub hash_tag: Option<[u8; 2]>,
-}
-
-impl Placement {
-    pub fn new(hash: HashFn, kind: &str, servers: &[(String, u32)]) -> Placement {
-        let weighted = || {
-            servers
-                .iter()
-                .enumerate()
-                .flat_map(|(i, s)| std::iter::repeat_n(i as u32, s.1 as usize))
-                .collect::<Vec<_>>()
-        };
-        let dist = match kind {
-            "modula" => Distribution::Modula(weighted()),
-            "random" => Distribution::Random(weighted()),
-            "ch3" => Distribution::Ch3(servers.len() as u32),
-            "libmemcached_ketama" => Distribution::Ketama(Continuum::libmemcached(
-                &servers.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
-                hash,
-            )),
-            _ => Distribution::Ketama(Continuum::new(servers)),
-        };
-        Placement {
-            hash,
-            dist,
-            hash_tag: None,
-        }
-    }
-
-    /// The placement a configured pool describes (client traffic and the invalidation
-    /// fan-out must agree on it). libmemcached's non-weighted ketama names points by
-    /// `host:port` as written; twemproxy's ketama by its own rule (`ketama_name`).
-    pub fn of_pool(p: &crate::config::Pool) -> Placement {
-        let names: Vec<(String, u32)> = p
-            .servers
-            .iter()
-            .map(|s| {
-                let name = if p.distribution == "libmemcached_ketama" {
-                    s.label.clone()
-                } else {
-                    s.ketama_name.clone()
-                };
-                (name, s.weight)
-            })
-            .collect();
-        Placement::new(p.hash, &p.distribution, &names).with_hash_tag(p.hash_tag)
-    }
-
-    /// The same placement, hashing only the tagged part of keys (twemproxy's `hash_tag`).
-    pub fn with_hash_tag(mut self, tag: Option<[u8; 2]>) -> Placement {
-        self.hash_tag = tag;
-        self
-    }
-
-    /// What is hashed of `key`: as twemproxy, the bytes between the first `tag[0]` and the
-    /// next `tag[1]` after it, if there are any; else the whole key.
-    pub fn hashed_part<'k>(&self, key: &'k [u8]) -> &'k [u8] {
-        let Some([open, close]) = self.hash_tag else {
-            return key;
-        };
-        let Some(start) = memchr::memchr(open, key) else {
-            return key;
-        };
-        match memchr::memchr(close, &key[start + 1..]) {
-            Some(len) if len > 0 => &key[start + 1..start + 1 + len],
-            _ => key,
-        }
-    }
-
-    /// Index of the server that holds `key`.
-    pub fn server_for(&self, key: &[u8]) -> usize {
-        let key = self.hashed_part(key);
-        match &self.dist {
-            Distribution::Ketama(c) => c.lookup(self.hash.hash(key)),
-            Distribution::Modula(list) => {
-                list[(self.hash.hash(key) as usize) % list.len().max(1)] as usize
-            }
-            Distribution::Random(list) => list[fastrand::usize(..list.len().max(1))] as usize,
-            Distribution::Ch3(n) => super::hash::furc::furc_hash(key, *n) as usize,
-        }
-    }
-}
 
 /// A pool as one worker sees it: the process placement and this worker's connections.
 pub struct PoolRoute {
@@ -251,32 +151,5 @@ impl Route for PoolRoute {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hash_tag_hashes_the_tagged_part_as_twemproxy_does() {
-        let p = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1), ("b".into(), 1)])
-            .with_hash_tag(Some(*b"{}"));
-        assert_eq!(p.hashed_part(b"user:{42}:name"), b"42");
-        assert_eq!(p.hashed_part(b"{42}"), b"42");
-        assert_eq!(
-            p.hashed_part(b"a{}b"),
-            b"a{}b",
-            "an empty tag hashes the whole key"
-        );
-        assert_eq!(p.hashed_part(b"a{b"), b"a{b", "no closing character");
-        assert_eq!(
-            p.hashed_part(b"a}b{c}"),
-            b"c",
-            "the close must follow the open"
-        );
-        assert_eq!(p.server_for(b"x:{7}:1"), p.server_for(b"y:{7}:2"));
-        let untagged = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1)]);
-        assert_eq!(untagged.hashed_part(b"user:{42}"), b"user:{42}");
     }
 }
