@@ -39,6 +39,8 @@
 //! the route layer parses and validates them (see [`crate::route::spec`]), so this module
 //! knows no route type.
 
+pub mod invalidation;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -50,7 +52,8 @@ use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::route::hash::HashFn;
+use crate::placement::hash::HashFn;
+use crate::placement::Placement;
 
 /// A configuration problem and where it is.
 #[derive(Debug)]
@@ -207,7 +210,7 @@ struct RawConfig {
     #[serde(default)]
     pools: BTreeMap<String, Spanned<RawPool>>,
     /// The receiving end of squeal's invalidations (see `crate::invalidation`).
-    invalidation: Option<Spanned<crate::invalidation::InvalidationConfig>>,
+    invalidation: Option<Spanned<invalidation::InvalidationConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -263,7 +266,7 @@ pub struct Config {
     pub health: Option<Health>,
     pub timeouts: Timeouts,
     pub limits: Limits,
-    pub invalidation: Option<crate::invalidation::InvalidationConfig>,
+    pub invalidation: Option<invalidation::InvalidationConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -721,6 +724,31 @@ fn pool_weights(
         return Err(cx.err(w.span(), format!("weight {bad} is not in [0, 1]")));
     }
     Ok(w.get_ref().clone())
+}
+
+impl Pool {
+    /// The placement a configured pool describes (client traffic and the invalidation
+    /// fan-out must agree on it). libmemcached's non-weighted ketama names points by
+    /// `host:port` as written; twemproxy's ketama by its own rule (`ketama_name`).
+    pub fn placement(&self) -> Placement {
+        let names: Vec<(String, u32)> = self
+            .servers
+            .iter()
+            .map(|s| {
+                let name = if self.distribution == "libmemcached_ketama" {
+                    s.label.clone()
+                } else {
+                    s.ketama_name.clone()
+                };
+                (name, s.weight)
+            })
+            .collect();
+        let mut placement = Placement::new(self.hash, &self.distribution, &names);
+        if self.distribution == "weighted_ch3" {
+            placement.dist = crate::placement::Distribution::WeightedCh3(self.weights.clone());
+        }
+        placement.with_hash_tag(self.hash_tag)
+    }
 }
 
 /// `host:port[:weight] [name]`, twemproxy's server syntax.

@@ -12,17 +12,19 @@
 //! never crosses threads on the hot path. See [`worker`] for the threading model and
 //! [`route`] for the seam where route trees plug in.
 
+pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod config;
 pub mod convert;
-pub mod health;
 pub mod invalidation;
 pub mod listener;
 pub mod lograte;
-pub mod metrics;
+pub mod placement;
+pub mod plan;
 pub mod protocol;
-pub mod reload;
+pub mod reply_queue;
 pub mod route;
+pub mod socket;
 pub mod stats;
 pub mod worker;

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use router::config::Config;
-use router::worker::{self, Plan};
+use router::plan::Plan;
+use router::worker;
 
 /// Where `/metrics` is served when the config names no `admin` address: loopback only.
 const DEFAULT_ADMIN_PORT: u16 = 9150;
@@ -84,15 +85,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     if cli.spool_inspect || cli.spool_replay {
-        return router::invalidation::spool_cli(&plan.config, cli.spool_replay);
+        let pools = router::invalidation::Pools {
+            config: &plan.config,
+            placements: &plan.placements,
+        };
+        return router::invalidation::spool_cli(pools, cli.spool_replay);
     }
     let plan = Arc::new(plan);
     let cfg = &plan.config;
-    let shared = Arc::new(router::stats::Shared::new(plan.clone()));
+    let process = Arc::new(router::plan::Process::new(plan.clone()));
     // The invalidation side binds its port and opens its spool first: once the client
     // port accepts connections, the whole router is up (tests and health checks wait for
     // the client port only).
-    let _invalidation = router::invalidation::spawn(Arc::new(cfg.clone()))?;
+    let _invalidation =
+        router::invalidation::spawn(Arc::new(cfg.clone()), plan.placements.clone())?;
     // Bind everything before starting, so a busy port is an immediate, clear error.
     let mut per_worker = Vec::new();
     for _ in 0..cfg.workers {
@@ -106,12 +112,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         per_worker.push(ls);
     }
     match cfg.admin {
-        Some(admin) => router::metrics::start(admin, shared.clone())?,
+        Some(admin) => router::admin::metrics::start(admin, process.clone())?,
         // Unconfigured: the default loopback port, if it is free (several routers on one
         // host each need their own `admin` to be scraped).
         None => {
             let admin = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT));
-            if let Err(e) = router::metrics::start(admin, shared.clone()) {
+            if let Err(e) = router::admin::metrics::start(admin, process.clone()) {
                 tracing::warn!("metrics not served: {e:#}");
             }
         }
@@ -124,16 +130,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         "squeal-router started"
     );
     // SIGHUP reloads the config (routes, pools, health) without dropping a connection.
-    router::reload::spawn(cli.config.clone(), shared.clone())?;
+    router::admin::reload::spawn(cli.config.clone(), process.clone())?;
     let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut threads = Vec::new();
     for (id, ls) in per_worker.into_iter().enumerate() {
-        let shared = shared.clone();
+        let process = process.clone();
         let open = open.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("worker-{id}"))
-                .spawn(move || worker::run(id, shared, open, ls))?,
+                .spawn(move || worker::run(id, process, open, ls))?,
         );
     }
     for t in threads {

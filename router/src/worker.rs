@@ -3,7 +3,7 @@
 //! server. A request is parsed, routed, written to a backend and answered on one thread,
 //! with no lock, channel or cross-thread wake-up on the way.
 //!
-//! Live reload: `main` publishes a new [`Plan`] in [`Shared`]; each worker compares the
+//! Live reload: `main` publishes a new [`Plan`](crate::plan::Plan) in [`Process`]; each worker compares the
 //! plan generation with its own before routing a request (one relaxed load) and, when it
 //! changed, builds the new route tree on its own thread. Client connections stay open;
 //! requests already in flight finish on the old tree; backend connections to servers that
@@ -16,79 +16,21 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::backend::health::Watch;
 use crate::backend::{BackendConn, Timeouts};
 use crate::client::ClientCtx;
-use crate::config::{Config, ConfigError};
-use crate::health::Watch;
+use crate::plan::Process;
 use crate::protocol::{Limits, Request};
-use crate::route::pool::{Placement, PoolRoute};
-use crate::route::spec::{Build, RouteSpec};
-use crate::route::{registry, Completion, ErrorRoute, Route, RouteRef};
-use crate::stats::{ServerStats, Shared, WorkerStats};
-
-/// What workers run: a validated config with its route tree, placements and per-server
-/// stats. Built by `main` at start and on every reload, shared read-only.
-pub struct Plan {
-    pub config: Config,
-    /// The route tree serving client traffic (`config.routes`, validated).
-    pub route: RouteSpec,
-    pub placements: Vec<Arc<Placement>>,
-    /// Per pool, per server.
-    pub servers: Vec<Vec<Arc<ServerStats>>>,
-}
-
-impl Plan {
-    /// The plan of `config`; its route tree is validated here (a bad one is refused).
-    pub fn new(config: Config) -> Result<Plan, ConfigError> {
-        Plan::next(config, None)
-    }
-
-    /// A plan for `config` that keeps the stats (and health) of every server `previous`
-    /// has in the same pool.
-    pub fn next(config: Config, previous: Option<&Plan>) -> Result<Plan, ConfigError> {
-        let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
-        let route = registry::parse(&config.routes, &names)?;
-        let placements = config
-            .pools
-            .iter()
-            .map(|p| Arc::new(Placement::of_pool(p)))
-            .collect();
-        let old = |pool: &str, addr: &str| {
-            previous.and_then(|prev| {
-                prev.servers
-                    .iter()
-                    .flatten()
-                    .find(|s| s.pool == pool && s.addr == addr)
-                    .cloned()
-            })
-        };
-        let servers: Vec<Vec<Arc<ServerStats>>> = config
-            .pools
-            .iter()
-            .map(|p| {
-                p.servers
-                    .iter()
-                    .map(|s| {
-                        old(&p.name, &s.label)
-                            .unwrap_or_else(|| Arc::new(ServerStats::new(&p.name, &s.label)))
-                    })
-                    .collect()
-            })
-            .collect();
-        Ok(Plan {
-            config,
-            route,
-            placements,
-            servers,
-        })
-    }
-}
+use crate::route::pool::PoolRoute;
+use crate::route::spec::Build;
+use crate::route::{Completion, ErrorRoute, Route, RouteRef};
+use crate::stats::{ServerStats, WorkerStats};
 
 /// One backend connection of a worker: pool, server label, connection index.
 type ConnKey = (String, String, usize);
 
 struct Backend {
-    conn: Rc<BackendConn>,
+    conn: Rc<BackendConn<Completion>>,
     task: tokio::task::AbortHandle,
     server: Arc<ServerStats>,
     addr: std::net::SocketAddr,
@@ -96,7 +38,7 @@ struct Backend {
 
 /// The worker's route: the current tree, rebuilt when a new plan is published.
 struct LiveRoute {
-    shared: Arc<Shared>,
+    process: Arc<Process>,
     stats: Arc<WorkerStats>,
     generation: Cell<u64>,
     tree: RefCell<RouteRef>,
@@ -104,9 +46,9 @@ struct LiveRoute {
 }
 
 impl LiveRoute {
-    fn new(shared: Arc<Shared>, stats: Arc<WorkerStats>) -> LiveRoute {
+    fn new(process: Arc<Process>, stats: Arc<WorkerStats>) -> LiveRoute {
         let live = LiveRoute {
-            shared,
+            process,
             stats,
             generation: Cell::new(0),
             // The tree before the first build.
@@ -119,8 +61,8 @@ impl LiveRoute {
 
     /// Builds the tree of the current plan on this thread.
     fn rebuild(&self) {
-        let generation = self.shared.generation.load(Ordering::Acquire);
-        let plan = self.shared.plan();
+        let generation = self.process.generation.load(Ordering::Acquire);
+        let plan = self.process.plan();
         let cfg = &plan.config;
         let timeouts = Timeouts {
             connect: cfg.timeouts.connect,
@@ -210,7 +152,7 @@ fn retire(b: Backend, t: &Timeouts) {
 impl Route for LiveRoute {
     #[inline]
     fn route(&self, req: Request, done: Completion) {
-        if self.shared.generation.load(Ordering::Relaxed) != self.generation.get() {
+        if self.process.generation.load(Ordering::Relaxed) != self.generation.get() {
             self.rebuild();
         }
         self.tree.borrow().route(req, done)
@@ -220,7 +162,7 @@ impl Route for LiveRoute {
 /// Runs worker `id` on the calling thread, forever.
 pub fn run(
     id: usize,
-    shared: Arc<Shared>,
+    process: Arc<Process>,
     open_connections: Arc<AtomicUsize>,
     listeners: Vec<std::net::TcpListener>,
 ) -> std::io::Result<()> {
@@ -229,15 +171,15 @@ pub fn run(
         .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
-        let plan = shared.plan();
+        let plan = process.plan();
         // Listening, workers and client limits are fixed at start (not reloaded).
         let cfg = &plan.config;
-        let stats = shared.workers[id].clone();
-        let route = Rc::new(LiveRoute::new(shared.clone(), stats.clone()));
+        let stats = process.workers[id].clone();
+        let route = Rc::new(LiveRoute::new(process.clone(), stats.clone()));
         let ctx = Rc::new(ClientCtx {
             route,
             stats,
-            shared: shared.clone(),
+            process: process.clone(),
             limits: Limits {
                 max_value: cfg.limits.max_item_size,
                 max_get_line: cfg.limits.max_get_line,

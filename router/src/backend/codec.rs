@@ -20,8 +20,8 @@ use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use crate::protocol::reply::Reply;
 use crate::protocol::{Op, Request, StoreMode};
-use crate::route::Reply;
 
 /// The connection is out of sync: a reply the router did not ask for, or not in order.
 #[derive(Debug, Clone, PartialEq, Eq)]

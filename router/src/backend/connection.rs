@@ -5,7 +5,7 @@
 //! the worker's event loop goes out in a single `writev`. Requests are encoded by
 //! [`super::codec`] as meta commands with the router's own opaque token; replies come back
 //! in request order, each checked against the opaque its request carries before it is
-//! handed to the request's [`Completion`]. A reply that does not match is a desync: the
+//! handed to the request's completion (any [`Done`]; the routes' `Completion`). A reply that does not match is a desync: the
 //! connection is reset and only its own outstanding requests fail, each exactly once,
 //! after every reply already matched was delivered.
 //!
@@ -29,9 +29,15 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::codec::{self, Expect, Took};
+use crate::protocol::reply::Reply;
 use crate::protocol::Request;
-use crate::route::{Completion, Reply};
 use crate::stats::{ServerStats, WorkerStats};
+
+/// What a request's reply is handed to, exactly once. The route layer's `Completion` is
+/// one; the backend only needs to hand it the reply, so it does not depend on routes.
+pub trait Done {
+    fn done(self, reply: Reply);
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -51,33 +57,33 @@ enum State {
     Down,
 }
 
-struct Pending {
+struct Pending<D> {
     expect: Expect,
     nkeys: u16,
-    done: Completion,
+    done: D,
 }
 
-struct Inner {
+struct Inner<D> {
     out: VecDeque<Bytes>,
     /// Where request lines are written before they are cut off as `Bytes`.
     arena: BytesMut,
     /// The next opaque token.
     next_opaque: u32,
-    pending: VecDeque<Pending>,
+    pending: VecDeque<Pending<D>>,
     waker: Option<Waker>,
     state: State,
     /// When the oldest outstanding request was last known to be making progress.
     last_progress: Instant,
 }
 
-pub struct BackendConn {
-    inner: RefCell<Inner>,
+pub struct BackendConn<D> {
+    inner: RefCell<Inner<D>>,
     server: Arc<ServerStats>,
     stats: Arc<WorkerStats>,
     max_queue: usize,
 }
 
-impl BackendConn {
+impl<D: Done> BackendConn<D> {
     pub fn new(server: Arc<ServerStats>, stats: Arc<WorkerStats>, max_queue: usize) -> Rc<Self> {
         server.conns.fetch_add(1, Relaxed);
         Rc::new(BackendConn {
@@ -97,7 +103,7 @@ impl BackendConn {
     }
 
     /// Queues a request; `done` is completed with its reply, or an error, exactly once.
-    pub fn send(&self, req: Request, done: Completion) {
+    pub fn send(&self, req: Request, done: D) {
         let mut i = self.inner.borrow_mut();
         if i.state == State::Down || i.pending.len() >= self.max_queue {
             drop(i);
@@ -108,7 +114,7 @@ impl BackendConn {
             } else {
                 "backend queue full"
             };
-            return done.complete(Reply::error(why));
+            return done.done(Reply::error(why));
         }
         if i.pending.is_empty() {
             i.last_progress = Instant::now();
@@ -151,7 +157,7 @@ impl BackendConn {
         self.server.errors.fetch_add(pending.len() as u64, Relaxed);
         let reply = Reply::error(why);
         for p in pending {
-            p.done.complete(reply.clone());
+            p.done.done(reply.clone());
         }
     }
 
@@ -192,11 +198,11 @@ impl BackendConn {
     async fn serve(&self, stream: TcpStream, read_timeout: Duration) -> String {
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
         let mut timer = Box::pin(tokio::time::sleep(read_timeout));
-        let mut completed: Vec<(Completion, Reply)> = Vec::new();
+        let mut completed: Vec<(D, Reply)> = Vec::new();
         let result = poll_fn(|cx| loop {
             // Write everything queued, in as few syscalls as the socket allows.
             if let Err(e) =
-                crate::client::write_queued(&stream, cx, &mut self.inner.borrow_mut().out)
+                crate::socket::write_queued(&stream, cx, &mut self.inner.borrow_mut().out)
             {
                 return Poll::Ready(Err(e));
             }
@@ -208,7 +214,7 @@ impl BackendConn {
                     if rbuf.capacity() - rbuf.len() < 16 * 1024 {
                         rbuf.reserve(64 * 1024);
                     }
-                    match crate::client::read_drained(&stream, &mut rbuf) {
+                    match crate::socket::read_drained(&stream, &mut rbuf) {
                         Ok(0) => {
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::UnexpectedEof,
@@ -220,7 +226,7 @@ impl BackendConn {
                             // Every reply already matched reaches its client, even when
                             // the connection is about to be reset.
                             for (done, reply) in completed.drain(..) {
-                                done.complete(reply);
+                                done.done(reply);
                             }
                             if let Err(e) = taken {
                                 return Poll::Ready(Err(e));
@@ -268,11 +274,7 @@ impl BackendConn {
         }
     }
 
-    fn take_replies(
-        &self,
-        rbuf: &mut BytesMut,
-        completed: &mut Vec<(Completion, Reply)>,
-    ) -> io::Result<()> {
+    fn take_replies(&self, rbuf: &mut BytesMut, completed: &mut Vec<(D, Reply)>) -> io::Result<()> {
         let mut i = self.inner.borrow_mut();
         let i = &mut *i;
         let mut any = false;

@@ -1,7 +1,8 @@
 //! Backend connections: long-lived, pipelined connections from one worker to one memcached
-//! server, shared by all the worker's clients.
+//! server, process by all the worker's clients.
 
 pub mod codec;
 pub mod connection;
+pub mod health;
 
 pub use connection::{BackendConn, Timeouts};

@@ -11,23 +11,29 @@ use tracing::{info, warn};
 
 use super::deleter::Deleter;
 use super::spool::{Record, Spool, SpoolError};
+use crate::placement::Placement;
 
-/// Where a key lives in one pool: the same placement the data path uses, so an
-/// invalidation reaches the server that holds the value.
-pub trait Placement: Send + Sync {
-    /// Addresses (`host:port`) of the servers that may hold `key`: one for a hashed pool,
-    /// all of them for a replicated (random) pool.
-    fn servers_for(&self, key: &[u8], out: &mut Vec<String>);
-    /// Every server of the pool.
-    fn servers(&self) -> Vec<String>;
-}
-
-/// One pool invalidations are applied to.
+/// One pool invalidations are applied to: its placement (the data path's own, so an
+/// invalidation reaches the server that holds the value) and its server addresses.
 pub struct Target {
     pub name: String,
-    pub placement: Arc<dyn Placement>,
+    pub placement: Arc<Placement>,
+    /// Addresses (`host:port`) of the pool's servers, indexed like the placement's.
+    pub servers: Vec<String>,
     /// Set while the pool is a cold cluster being warmed: deletes there leave a hold-off.
     pub holdoff_secs: Option<u32>,
+}
+
+impl Target {
+    /// The servers that may hold `key`: one for a hashed pool, all of them for a
+    /// replicated (random) pool.
+    fn servers_for(&self, key: &[u8], out: &mut Vec<String>) {
+        if self.placement.is_replicated() {
+            out.extend(self.servers.iter().cloned());
+        } else {
+            out.push(self.servers[self.placement.server_for(key)].clone());
+        }
+    }
 }
 
 /// What applying one batch did.
@@ -57,7 +63,7 @@ impl Fanout {
     ) -> Fanout {
         let mut holdoff: HashMap<String, Option<u32>> = HashMap::new();
         for target in clusters.iter().chain(&marker_pools) {
-            for server in target.placement.servers() {
+            for server in target.servers.iter().cloned() {
                 let h = holdoff.entry(server).or_default();
                 // A server in a warming pool and another pool gets the safer treatment.
                 *h = (*h).max(target.holdoff_secs);
@@ -100,7 +106,7 @@ impl Fanout {
             };
             for target in targets {
                 servers.clear();
-                target.placement.servers_for(key, &mut servers);
+                target.servers_for(key, &mut servers);
                 for server in servers.drain(..) {
                     let keys = per_server.entry(server).or_default();
                     // One server may sit in two targets; one delete is enough.
@@ -182,7 +188,7 @@ impl Fanout {
             .clusters
             .iter()
             .chain(&self.marker_pools)
-            .flat_map(|t| t.placement.servers())
+            .flat_map(|t| t.servers.iter().cloned())
             .collect();
         servers.sort();
         servers.dedup();

@@ -12,7 +12,6 @@
 //! other partitions (recognised by source, sequence number and time: two flushes with no
 //! batch between them share a sequence number, and the second must still be applied).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,44 +19,29 @@ use marker::batch::{Batch, BatchKind, Secret, KAFKA_CONTEXT};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::ClientConfig;
-use serde::Deserialize;
 use tracing::{error, info, warn};
 
 use super::fanout::Fanout;
+use crate::config::invalidation::KafkaConfig;
 
-/// `[invalidation.kafka]`: where the router reads batches from.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// librdkafka `bootstrap.servers`.
-    pub brokers: String,
-    pub topic: String,
-    /// One consumer group per front-end set: every group gets every batch.
-    pub group: String,
-    /// Passed through to librdkafka (security settings, timeouts...).
-    #[serde(default)]
-    pub librdkafka: BTreeMap<String, String>,
-}
-
-impl KafkaConfig {
-    pub fn consumer(&self) -> anyhow::Result<StreamConsumer> {
-        let mut cfg = ClientConfig::new();
-        cfg.set("bootstrap.servers", &self.brokers)
-            .set("group.id", &self.group)
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest");
-        for (k, v) in &self.librdkafka {
-            cfg.set(k, v);
-        }
-        let consumer: StreamConsumer = cfg.create()?;
-        consumer.subscribe(&[&self.topic])?;
-        Ok(consumer)
+/// A consumer of the configured topic in the configured group, committing by hand.
+fn consumer(config: &KafkaConfig) -> anyhow::Result<StreamConsumer> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in &config.librdkafka {
+        cfg.set(k, v);
     }
+    let consumer: StreamConsumer = cfg.create()?;
+    consumer.subscribe(&[&config.topic])?;
+    Ok(consumer)
 }
 
 /// Consumes, applies and commits until the process ends.
 pub async fn consume(config: KafkaConfig, fanout: Arc<Fanout>, secret: Secret) {
-    let consumer = match config.consumer() {
+    let consumer = match consumer(&config) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             error!(error = %e, "cannot create the Kafka consumer");

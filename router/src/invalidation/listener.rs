@@ -1,4 +1,4 @@
-//! The native invalidation port: squeal connects, proves it holds the shared secret in a
+//! The native invalidation port: squeal connects, proves it holds the process secret in a
 //! challenge-response handshake, then sends authenticated batch (and flush) frames and gets
 //! an ack for each once it was applied or spooled.
 //!

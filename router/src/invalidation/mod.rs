@@ -12,164 +12,39 @@ pub mod kafka;
 pub mod listener;
 pub mod spool;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
-use serde::Deserialize;
+use anyhow::Context;
 
-pub use fanout::{Fanout, Placement, Target};
+use crate::config::invalidation::InvalidationConfig;
+use crate::config::Config;
+use crate::placement::Placement;
 
-/// `[invalidation]` in the router's config.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InvalidationConfig {
-    /// Native-protocol port for squeal's batches (loopback or a private network: batches are
-    /// authenticated, not encrypted).
-    pub listen: Option<SocketAddr>,
-    /// Shared secret for the batch MAC. Prefer `secret_file` in production.
-    pub secret: Option<String>,
-    /// File holding the shared secret (trailing whitespace ignored).
-    pub secret_file: Option<PathBuf>,
-    /// Pools that receive every cache-key delete: each front-end cluster of the region.
-    pub clusters: Vec<String>,
-    /// Pools that receive marker-key deletes: the regional pool.
-    #[serde(default)]
-    pub marker_pools: Vec<String>,
-    /// Clusters (among `clusters`) being warmed: a delete there leaves a hold-off
-    /// tombstone, so a warm-up cannot write the deleted value back.
-    #[serde(default)]
-    pub warming: Vec<String>,
-    /// How long the hold-off lasts.
-    #[serde(default = "default_holdoff_secs")]
-    pub holdoff_secs: u32,
-    /// Where undeliverable deletes are kept until their server is back.
-    pub spool_dir: PathBuf,
-    /// Bound on the spool; when reached, batches are rejected (and retried by squeal).
-    #[serde(default = "default_spool_max_bytes")]
-    pub spool_max_bytes: u64,
-    /// Timeout of one pipelined group of deletes to one server.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
-    /// How often the spool is checked for servers to replay.
-    #[serde(default = "default_replay_interval_ms")]
-    pub replay_interval_ms: u64,
-    /// Time a new connection to the native port has to complete the handshake (prove it
-    /// holds the secret) before it is closed.
-    #[serde(default = "default_handshake_timeout_ms")]
-    pub handshake_timeout_ms: u64,
-    /// Time a frame has, from its first byte, to arrive whole: a peer that stalls mid-frame
-    /// cannot hold a connection and its buffer for ever.
-    #[serde(default = "default_frame_timeout_ms")]
-    pub frame_timeout_ms: u64,
-    /// Connections allowed in their handshake at once; more are refused at accept (and
-    /// counted), so unauthenticated peers cannot make the router hold more than about
-    /// this many times a few hundred bytes.
-    #[serde(default = "default_max_unauthenticated")]
-    pub max_unauthenticated: usize,
-    pub kafka: Option<kafka::KafkaConfig>,
+pub use fanout::{Fanout, Target};
+
+/// The configured pools and their placements (the plan's, indexed like `config.pools`),
+/// looked up by name when the fan-out is built.
+#[derive(Clone, Copy)]
+pub struct Pools<'a> {
+    pub config: &'a Config,
+    pub placements: &'a [Arc<Placement>],
 }
 
-fn default_spool_max_bytes() -> u64 {
-    1 << 30
-}
-fn default_holdoff_secs() -> u32 {
-    marker::holdoff::DEFAULT_HOLDOFF_SECS
-}
-fn default_timeout_ms() -> u64 {
-    1000
-}
-fn default_replay_interval_ms() -> u64 {
-    200
-}
-fn default_handshake_timeout_ms() -> u64 {
-    2000
-}
-fn default_frame_timeout_ms() -> u64 {
-    10_000
-}
-fn default_max_unauthenticated() -> usize {
-    64
-}
-
-impl InvalidationConfig {
-    /// Checks what serde cannot: a secret is given, some transport is on, pools exist.
-    pub fn validate(&self, pool_exists: impl Fn(&str) -> bool) -> anyhow::Result<()> {
-        if self.secret.is_none() == self.secret_file.is_none() {
-            bail!("[invalidation] needs exactly one of `secret` or `secret_file`");
-        }
-        if self.listen.is_none() && self.kafka.is_none() {
-            bail!("[invalidation] needs `listen` (native port) or `[invalidation.kafka]`, or both");
-        }
-        if self.clusters.is_empty() {
-            bail!("[invalidation] `clusters` names no pool: deletes would go nowhere");
-        }
-        for pool in self.clusters.iter().chain(&self.marker_pools) {
-            if !pool_exists(pool) {
-                bail!("[invalidation] names pool {pool:?}, which is not defined");
-            }
-        }
-        for pool in &self.warming {
-            if !self.clusters.contains(pool) {
-                bail!("[invalidation] `warming` names {pool:?}, which is not in `clusters`");
-            }
-        }
-        if self.holdoff_secs == 0 {
-            bail!("[invalidation] `holdoff_secs` must be at least 1");
-        }
-        if self.handshake_timeout_ms == 0 || self.frame_timeout_ms == 0 {
-            bail!(
-                "[invalidation] `handshake_timeout_ms` and `frame_timeout_ms` must be at least 1"
-            );
-        }
-        if self.max_unauthenticated == 0 {
-            bail!("[invalidation] `max_unauthenticated` must be at least 1, or no squeal could connect");
-        }
-        Ok(())
-    }
-
-    pub fn secret(&self) -> anyhow::Result<marker::batch::Secret> {
-        marker::batch::Secret::from_config(self.secret.as_deref(), self.secret_file.as_deref())
-            .map_err(|e| anyhow::anyhow!("[invalidation]: {e}"))
-    }
-}
-
-/// A data-path pool as the fan-out sees it: the same placement, so a delete reaches the
-/// server the data path put the value on.
-struct PoolPlacement {
-    placement: crate::route::pool::Placement,
-    servers: Vec<String>,
-    /// A `random` pool keeps a copy of every item on every server: delete everywhere.
-    replicated: bool,
-}
-
-impl Placement for PoolPlacement {
-    fn servers_for(&self, key: &[u8], out: &mut Vec<String>) {
-        if self.replicated {
-            out.extend(self.servers.iter().cloned());
-        } else {
-            out.push(self.servers[self.placement.server_for(key)].clone());
-        }
-    }
-
-    fn servers(&self) -> Vec<String> {
-        self.servers.clone()
-    }
-}
-
-/// Looks up the configured pools by name, for [`start`].
-pub fn pool_placements(
-    config: &crate::config::Config,
-) -> impl Fn(&str) -> Option<Arc<dyn Placement>> + '_ {
-    move |name| {
-        let pool = config.pools.iter().find(|p| p.name == name)?;
-        Some(Arc::new(PoolPlacement {
-            placement: crate::route::pool::Placement::of_pool(pool),
-            servers: pool.servers.iter().map(|s| s.addr.to_string()).collect(),
-            replicated: pool.distribution == "random",
-        }) as Arc<dyn Placement>)
+impl Pools<'_> {
+    /// The pool called `name` as an invalidation target.
+    fn target(&self, name: &str, holdoff_secs: Option<u32>) -> Option<Target> {
+        let i = self.config.pools.iter().position(|p| p.name == name)?;
+        Some(Target {
+            name: name.to_string(),
+            placement: self.placements.get(i)?.clone(),
+            servers: self.config.pools[i]
+                .servers
+                .iter()
+                .map(|s| s.addr.to_string())
+                .collect(),
+            holdoff_secs,
+        })
     }
 }
 
@@ -177,7 +52,8 @@ pub fn pool_placements(
 /// workers: its fsyncs and Kafka client must never stall a client's request. Returns once
 /// the side is started (ports bound, spool opened), or with the reason it could not start.
 pub fn spawn(
-    config: Arc<crate::config::Config>,
+    config: Arc<Config>,
+    placements: Vec<Arc<Placement>>,
 ) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
     let Some(inv) = config.invalidation.clone() else {
         return Ok(None);
@@ -198,7 +74,11 @@ pub fn spawn(
                 }
             };
             rt.block_on(async move {
-                match start(&inv, pool_placements(&config)).await {
+                let pools = Pools {
+                    config: &config,
+                    placements: &placements,
+                };
+                match start(&inv, pools).await {
                     Ok(_fanout) => {
                         let _ = ready_tx.send(Ok(()));
                         std::future::pending::<()>().await
@@ -215,22 +95,20 @@ pub fn spawn(
     Ok(Some(handle))
 }
 
-/// The fan-out over the configured clusters and marker pools; `placement` turns a pool
-/// name into its key placement.
+/// The fan-out over the configured clusters and marker pools.
 fn build_fanout(
     config: &InvalidationConfig,
-    placement: &impl Fn(&str) -> Option<Arc<dyn Placement>>,
+    pools: Pools<'_>,
     spool: Arc<spool::Spool>,
 ) -> anyhow::Result<Fanout> {
     let targets = |names: &[String]| -> anyhow::Result<Vec<Target>> {
         names
             .iter()
             .map(|name| {
-                Ok(Target {
-                    name: name.clone(),
-                    placement: placement(name).with_context(|| format!("no pool {name:?}"))?,
-                    holdoff_secs: config.warming.contains(name).then_some(config.holdoff_secs),
-                })
+                let holdoff = config.warming.contains(name).then_some(config.holdoff_secs);
+                pools
+                    .target(name, holdoff)
+                    .with_context(|| format!("no pool {name:?}"))
             })
             .collect()
     };
@@ -243,8 +121,9 @@ fn build_fanout(
 }
 
 /// The operator's view of the spool (`squeal-router --spool-inspect` / `--spool-replay`).
-pub fn spool_cli(config: &crate::config::Config, replay: bool) -> anyhow::Result<()> {
-    let inv = config
+pub fn spool_cli(pools: Pools<'_>, replay: bool) -> anyhow::Result<()> {
+    let inv = pools
+        .config
         .invalidation
         .as_ref()
         .context("the config has no [invalidation] section, so no spool")?;
@@ -271,7 +150,7 @@ pub fn spool_cli(config: &crate::config::Config, replay: bool) -> anyhow::Result
     if !replay || pending.is_empty() {
         return Ok(());
     }
-    let fanout = build_fanout(inv, &pool_placements(config), spool)?;
+    let fanout = build_fanout(inv, pools, spool)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -294,11 +173,7 @@ pub fn spool_cli(config: &crate::config::Config, replay: bool) -> anyhow::Result
 
 /// Starts the invalidation side: opens the spool, builds the fan-out over the named pools,
 /// binds the native port and starts the Kafka consumer as configured, and the replayer.
-/// `placement` turns a pool name into its key placement.
-pub async fn start(
-    config: &InvalidationConfig,
-    placement: impl Fn(&str) -> Option<Arc<dyn Placement>>,
-) -> anyhow::Result<Arc<Fanout>> {
+pub async fn start(config: &InvalidationConfig, pools: Pools<'_>) -> anyhow::Result<Arc<Fanout>> {
     let secret = config.secret()?;
     let spool_dir = config.spool_dir.clone();
     let max = config.spool_max_bytes;
@@ -312,7 +187,7 @@ pub async fn start(
             "spool holds deletes from an earlier run; replaying"
         );
     }
-    let fanout = Arc::new(build_fanout(config, &placement, Arc::new(spool))?);
+    let fanout = Arc::new(build_fanout(config, pools, Arc::new(spool))?);
     tokio::spawn(
         fanout
             .clone()

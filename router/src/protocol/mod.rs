@@ -6,7 +6,7 @@
 //! copy) and [`Raw::into_parsed`] turns positions into `Bytes` slices of that frame (a
 //! value travels to the backend as that slice).
 //!
-//! **Isolation rests here.** Backend connections are shared by every client of a worker,
+//! **Isolation rests here.** Backend connections are process by every client of a worker,
 //! and replies are matched to requests there. So the router never forwards a client's
 //! bytes: every command is parsed as strictly as memcached 1.6 parses it (same tokenizer,
 //! token counts, number rules, meta flag rules, and the same decisions about when a value
@@ -15,6 +15,7 @@
 //! (`crate::backend::codec`) rebuilds as one canonical meta command with the router's own
 //! opaque token. Nothing a client sends reaches a backend as it was sent.
 
+pub mod item_codec;
 pub mod meta;
 pub mod number;
 pub mod reply;

@@ -1,5 +1,38 @@
-//! Client-facing replies: the text `get` reply shape that split multi-gets are merged from.
-//! (Backend replies are meta replies; `crate::backend::codec` reads them.)
+//! Replies: what a request gets back ([`Reply`], from a server or made by the router), and
+//! the text `get` reply shape that split multi-gets are merged from. (Backend replies are
+//! meta replies; `crate::backend::codec` reads them.)
+
+use bytes::Bytes;
+
+/// A reply on its way back.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// Bytes exactly as the server sent them (one reply).
+    Data(Bytes),
+    /// A reply assembled from pieces (a multi-get merged from several servers).
+    Chunks(Vec<Bytes>),
+    /// The router could not get a reply (`SERVER_ERROR ...\r\n`), e.g. the server is down.
+    Error(Bytes),
+}
+
+impl Reply {
+    pub fn error(msg: &str) -> Reply {
+        Reply::Error(Bytes::from(format!("SERVER_ERROR {msg}\r\n")))
+    }
+
+    /// The first bytes of the reply (its status line starts here).
+    pub fn head(&self) -> &[u8] {
+        match self {
+            Reply::Data(b) | Reply::Error(b) => b,
+            Reply::Chunks(c) => c.first().map_or(&b""[..], |b| &b[..]),
+        }
+    }
+
+    /// True for a `SERVER_ERROR` the router made: routes that fail over look at this.
+    pub fn is_error(&self) -> bool {
+        matches!(self, Reply::Error(_))
+    }
+}
 
 /// The decimal token at `index` of a reply line (`VALUE k f LEN`).
 fn data_len(line: &[u8], index: usize) -> Option<usize> {

@@ -14,9 +14,9 @@ use std::sync::Arc;
 
 use super::joiner::{Fold, Joiner};
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
-use super::wire::badness;
 use super::{Completion, Reply, Route, RouteRef};
 use crate::config::ConfigError;
+use crate::protocol::item_codec::badness;
 use crate::protocol::Request;
 use crate::stats::WorkerStats;
 

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use super::joiner::per_key;
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
-use super::wire::with_ttl_cap;
 use super::{Completion, Reply, Route, RouteRef};
 use crate::config::{ConfigError, RawKind, RawValue};
+use crate::protocol::item_codec::with_ttl_cap;
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;
 

@@ -142,7 +142,7 @@ pub fn ask_later(route: &dyn Route, line: &str) -> Rc<RefCell<Option<String>>> {
 }
 
 pub fn reply_text(r: &Reply) -> String {
-    String::from_utf8_lossy(&super::wire::bytes_of(r)).into_owned()
+    String::from_utf8_lossy(&crate::protocol::item_codec::bytes_of(r)).into_owned()
 }
 
 /// A request as memcache text, close to what a backend would be sent (meta lines as

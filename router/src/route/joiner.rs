@@ -10,7 +10,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 
-use super::{wire, Completion, Part, Reply, RouteRef};
+use super::{Completion, Part, Reply, RouteRef};
+use crate::protocol::item_codec as wire;
 use crate::protocol::{reply::value_blocks, MultiGetRequest, Request};
 
 /// What a joiner does with the parts' replies.

@@ -31,9 +31,11 @@ use bytes::Bytes;
 
 use super::joiner::{broadcast, per_key};
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
-use super::wire::{self, miss_reply, parse_get, parse_mg, storage_of, value_reply, Read};
 use super::{Completion, Reply, Route, RouteRef};
 use crate::config::ConfigError;
+use crate::protocol::item_codec::{
+    self as wire, miss_reply, parse_get, parse_mg, storage_of, value_reply, Read,
+};
 use crate::protocol::{Cmd, Request};
 use crate::stats::WorkerStats;
 

@@ -14,13 +14,12 @@
 //! replies: multi-get merge, broadcasts, fan-outs); [`spec`] (what a route type implements,
 //! and the parser of route tables); one file per route type (its spec parsing, build,
 //! `route`, `describe` and tests); [`registry`] (the list of route types, `parse` and
-//! `stats route`); [`wire`] (requests and replies composite routes build and read).
+//! `stats route`); `crate::protocol::item_codec` (requests and replies composite routes build and read).
 
 pub mod all_async;
 pub mod all_initial;
 pub mod all_sync;
 pub mod failover;
-pub mod hash;
 pub mod joiner;
 pub mod master_slave_l1;
 pub mod miss_failover;
@@ -31,18 +30,19 @@ pub mod random;
 pub mod registry;
 pub mod spec;
 pub mod warmup;
-pub mod wire;
 
 #[cfg(test)]
 mod fake;
 
 use std::rc::Rc;
 
-use bytes::Bytes;
-
-use crate::client::Slot;
-use crate::health::Watch;
+use crate::backend::health::Watch;
+use crate::protocol::item_codec;
 use crate::protocol::Request;
+use crate::reply_queue::Slot;
+
+/// Replies are a protocol type; routes name them often, so they are re-exported here.
+pub use crate::protocol::reply::Reply;
 
 /// Something that serves requests: a pool, or a tree of routes over pools.
 pub trait Route {
@@ -52,36 +52,6 @@ pub trait Route {
 
 /// A route as composite routes hold their children (and capture them in completions).
 pub type RouteRef = Rc<dyn Route>;
-
-/// A reply on its way back.
-#[derive(Debug, Clone)]
-pub enum Reply {
-    /// Bytes exactly as the server sent them (one reply).
-    Data(Bytes),
-    /// A reply assembled from pieces (a multi-get merged from several servers).
-    Chunks(Vec<Bytes>),
-    /// The router could not get a reply (`SERVER_ERROR ...\r\n`), e.g. the server is down.
-    Error(Bytes),
-}
-
-impl Reply {
-    pub fn error(msg: &str) -> Reply {
-        Reply::Error(Bytes::from(format!("SERVER_ERROR {msg}\r\n")))
-    }
-
-    /// The first bytes of the reply (its status line starts here).
-    pub fn head(&self) -> &[u8] {
-        match self {
-            Reply::Data(b) | Reply::Error(b) => b,
-            Reply::Chunks(c) => c.first().map_or(&b""[..], |b| &b[..]),
-        }
-    }
-
-    /// True for a `SERVER_ERROR` the router made: routes that fail over look at this.
-    pub fn is_error(&self) -> bool {
-        matches!(self, Reply::Error(_))
-    }
-}
 
 /// A request sent as several parts, as a [`Completion::Part`] holds it: part `part`'s
 /// reply is in (see [`joiner::Joiner`]).
@@ -115,7 +85,7 @@ impl Completion {
                 slot.fill(reply)
             }
             Completion::Background(stats) => {
-                if reply.is_error() || wire::badness(&reply) >= 2 {
+                if reply.is_error() || item_codec::badness(&reply) >= 2 {
                     stats.async_failures.add(1);
                 }
             }
@@ -140,6 +110,13 @@ impl Completion {
                 })
             }
         }
+    }
+}
+
+impl crate::backend::connection::Done for Completion {
+    #[inline]
+    fn done(self, reply: Reply) {
+        self.complete(reply)
     }
 }
 

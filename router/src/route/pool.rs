@@ -1,143 +1,39 @@
-//! A pool: servers with weights, a hash function and a distribution. The pool route hashes
-//! each key to a server and hands the request to that server's backend connection; a
-//! multi-get is split by server and merged back; `flush_all` and `stats` go to every server
-//! (`stats` merged, see [`super::MergeStats`]); `version` to the first.
+//! The pool route: hashes each key to a server (the pool's [`Placement`]) and hands the
+//! request to that server's backend connection; a multi-get is split by server and merged
+//! back; `flush_all` and `stats` go to every server (`stats` merged, see
+//! [`super::joiner::MergeStats`]); `version` to the first.
 //!
 //! In a route tree, a pool is its name, or `{ type = "pool", pool = "NAME" }`.
 
 use std::rc::Rc;
 use std::sync::Arc;
 
-use super::hash::{ketama::Continuum, HashFn};
 use super::joiner::{split_multi_get, Gather, Joiner, MergeStats};
 use super::spec::{Build, Describe, Parser, RouteSpec, RouteType, Spec, Table};
 use super::{Completion, ErrorRoute, Reply, Route, RouteRef};
+use crate::backend::health::Watch;
 use crate::backend::BackendConn;
 use crate::config::ConfigError;
-use crate::health::Watch;
+use crate::placement::hash::HashFn;
+use crate::placement::{Distribution, Placement};
 use crate::protocol::{Cmd, KeyedRequest, MultiGetRequest, Request};
 use crate::stats::WorkerStats;
 
-/// How keys spread over servers (twemproxy's `distribution:`).
-#[derive(Debug, Clone)]
-pub enum Distribution {
-    Ketama(Continuum),
-    /// `hash % n` over a list where each server appears `weight` times.
-    Modula(Vec<u32>),
-    /// mcrouter's `Ch3` (`furc_hash` over the number of servers; weights ignored).
-    Ch3(u32),
-    /// mcrouter's `WeightedCh3`: Ch3 with each server keeping a fraction of its keys.
-    WeightedCh3(Vec<f64>),
-    /// A random entry of the same weighted list: for replicated, read-mostly data.
-    Random(Vec<u32>),
-}
-
-/// The placement of a pool, shared read-only by all workers.
-#[derive(Debug, Clone)]
-pub struct Placement {
-    pub hash: HashFn,
-    pub dist: Distribution,
-    /// twemproxy's `hash_tag` (see [`crate::config::Pool::hash_tag`]).
-    pub hash_tag: Option<[u8; 2]>,
-}
-
-impl Placement {
-    pub fn new(hash: HashFn, kind: &str, servers: &[(String, u32)]) -> Placement {
-        let weighted = || {
-            servers
-                .iter()
-                .enumerate()
-                .flat_map(|(i, s)| std::iter::repeat_n(i as u32, s.1 as usize))
-                .collect::<Vec<_>>()
-        };
-        let dist = match kind {
-            "modula" => Distribution::Modula(weighted()),
-            "random" => Distribution::Random(weighted()),
-            "ch3" => Distribution::Ch3(servers.len() as u32),
-            "libmemcached_ketama" => Distribution::Ketama(Continuum::libmemcached(
-                &servers.iter().map(|s| s.0.clone()).collect::<Vec<_>>(),
-                hash,
-            )),
-            _ => Distribution::Ketama(Continuum::new(servers)),
-        };
-        Placement {
-            hash,
-            dist,
-            hash_tag: None,
-        }
-    }
-
-    /// The placement a configured pool describes (client traffic and the invalidation
-    /// fan-out must agree on it). libmemcached's non-weighted ketama names points by
-    /// `host:port` as written; twemproxy's ketama by its own rule (`ketama_name`).
-    pub fn of_pool(p: &crate::config::Pool) -> Placement {
-        let names: Vec<(String, u32)> = p
-            .servers
-            .iter()
-            .map(|s| {
-                let name = if p.distribution == "libmemcached_ketama" {
-                    s.label.clone()
-                } else {
-                    s.ketama_name.clone()
-                };
-                (name, s.weight)
-            })
-            .collect();
-        let mut placement = Placement::new(p.hash, &p.distribution, &names);
-        if p.distribution == "weighted_ch3" {
-            placement.dist = Distribution::WeightedCh3(p.weights.clone());
-        }
-        placement.with_hash_tag(p.hash_tag)
-    }
-
-    /// The same placement, hashing only the tagged part of keys (twemproxy's `hash_tag`).
-    pub fn with_hash_tag(mut self, tag: Option<[u8; 2]>) -> Placement {
-        self.hash_tag = tag;
-        self
-    }
-
-    /// What is hashed of `key`: as twemproxy, the bytes between the first `tag[0]` and the
-    /// next `tag[1]` after it, if there are any; else the whole key.
-    pub fn hashed_part<'k>(&self, key: &'k [u8]) -> &'k [u8] {
-        let Some([open, close]) = self.hash_tag else {
-            return key;
-        };
-        let Some(start) = memchr::memchr(open, key) else {
-            return key;
-        };
-        match memchr::memchr(close, &key[start + 1..]) {
-            Some(len) if len > 0 => &key[start + 1..start + 1 + len],
-            _ => key,
-        }
-    }
-
-    /// Index of the server that holds `key`.
-    pub fn server_for(&self, key: &[u8]) -> usize {
-        let key = self.hashed_part(key);
-        match &self.dist {
-            Distribution::Ketama(c) => c.lookup(self.hash.hash(key)),
-            Distribution::Modula(list) => {
-                list[(self.hash.hash(key) as usize) % list.len().max(1)] as usize
-            }
-            Distribution::Random(list) => list[fastrand::usize(..list.len().max(1))] as usize,
-            Distribution::Ch3(n) => super::hash::furc::furc_hash(key, *n) as usize,
-            Distribution::WeightedCh3(w) => super::hash::wch3::weighted_ch3(key, w),
-        }
-    }
-}
-
-/// A pool as one worker sees it: the shared placement and this worker's connections.
+/// A pool as one worker sees it: the process placement and this worker's connections.
 pub struct PoolRoute {
     placement: Arc<Placement>,
     /// Per server, this worker's connections to it.
-    servers: Vec<Vec<Rc<BackendConn>>>,
+    servers: Vec<Vec<Rc<BackendConn<Completion>>>>,
     /// Per server, its health watch (empty: no health checking).
     health: Vec<Rc<Watch>>,
     stats: Option<Arc<WorkerStats>>,
 }
 
 impl PoolRoute {
-    pub fn new(placement: Arc<Placement>, servers: Vec<Vec<Rc<BackendConn>>>) -> PoolRoute {
+    pub fn new(
+        placement: Arc<Placement>,
+        servers: Vec<Vec<Rc<BackendConn<Completion>>>>,
+    ) -> PoolRoute {
         PoolRoute {
             placement,
             servers,
@@ -174,7 +70,7 @@ impl PoolRoute {
 
     /// The connection for a key on a server. One key always uses the same connection, so
     /// a client's `set k` then `get k` can never overtake each other.
-    fn conn(&self, server: usize, key: &[u8]) -> &BackendConn {
+    fn conn(&self, server: usize, key: &[u8]) -> &BackendConn<Completion> {
         let conns = &self.servers[server];
         if conns.len() == 1 {
             return &conns[0];
@@ -279,8 +175,8 @@ impl Spec for PoolSpec {
     /// `pool:NAME@server` and that server; every server for `flush_all` or a random
     /// distribution.
     fn describe(&self, d: &mut Describe) {
-        let plan = d.plan;
-        let Some(pool) = plan.config.pools.get(self.0) else {
+        let plan = d.placed;
+        let Some(pool) = plan.pools.get(self.0) else {
             return;
         };
         let placement = &plan.placements[self.0];
@@ -452,27 +348,5 @@ mod tests {
         );
         let ketama = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1), ("b".into(), 1)]);
         assert_eq!(ketama.server_for(b"stable"), ketama.server_for(b"stable"));
-    }
-
-    #[test]
-    fn hash_tag_hashes_the_tagged_part_as_twemproxy_does() {
-        let p = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1), ("b".into(), 1)])
-            .with_hash_tag(Some(*b"{}"));
-        assert_eq!(p.hashed_part(b"user:{42}:name"), b"42");
-        assert_eq!(p.hashed_part(b"{42}"), b"42");
-        assert_eq!(
-            p.hashed_part(b"a{}b"),
-            b"a{}b",
-            "an empty tag hashes the whole key"
-        );
-        assert_eq!(p.hashed_part(b"a{b"), b"a{b", "no closing character");
-        assert_eq!(
-            p.hashed_part(b"a}b{c}"),
-            b"c",
-            "the close must follow the open"
-        );
-        assert_eq!(p.server_for(b"x:{7}:1"), p.server_for(b"y:{7}:2"));
-        let untagged = Placement::new(HashFn::Md5, "ketama", &[("a".into(), 1)]);
-        assert_eq!(untagged.hashed_part(b"user:{42}"), b"user:{42}");
     }
 }

@@ -26,7 +26,6 @@ use super::RouteRef;
 use crate::config::{At, ConfigError, RawKind, RawRoutes, RawValue};
 use crate::protocol::Cmd;
 use crate::stats::WorkerStats;
-use crate::worker::Plan;
 
 /// A validated route of one type, over pool indices: shared read-only by the workers, each
 /// of which builds its own [`Route`] from it. Implemented next to each route type.
@@ -73,11 +72,20 @@ impl Build<'_> {
     }
 }
 
+/// What `stats route` reads of the running plan (pools in config order, their placements
+/// and per-server states), without the route layer depending on the plan.
+#[derive(Clone, Copy)]
+pub struct Placed<'a> {
+    pub pools: &'a [crate::config::Pool],
+    pub placements: &'a [std::sync::Arc<crate::placement::Placement>],
+    pub servers: &'a [Vec<std::sync::Arc<crate::stats::ServerStats>>],
+}
+
 /// `stats route <op> <key>` on its way down the tree: the path so far and the servers
 /// reached. Each route type writes its own step with [`Describe::step`] or
 /// [`Describe::list`], choosing the child as its `route` does.
 pub struct Describe<'a> {
-    pub plan: &'a Plan,
+    pub placed: Placed<'a>,
     pub cmd: Cmd,
     pub key: &'a [u8],
     path: String,
@@ -85,9 +93,9 @@ pub struct Describe<'a> {
 }
 
 impl<'a> Describe<'a> {
-    pub fn new(plan: &'a Plan, cmd: Cmd, key: &'a [u8]) -> Describe<'a> {
+    pub fn new(placed: Placed<'a>, cmd: Cmd, key: &'a [u8]) -> Describe<'a> {
         Describe {
-            plan,
+            placed,
             cmd,
             key,
             path: String::new(),

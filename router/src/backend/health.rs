@@ -6,7 +6,7 @@
 //! marked down: requests to it are answered at once with `SERVER_ERROR server marked down
 //! (TKO)`, which is what lets failover routes move on without waiting for a timeout. One
 //! worker probes the server (a fresh connection, `version`) with exponential backoff and
-//! clears the mark when it answers. The state is shared by all workers (atomics in
+//! clears the mark when it answers. The state is process by all workers (atomics in
 //! [`ServerStats`]) and shows in `stats` (`state tko`) and in metrics.
 
 use std::net::SocketAddr;
@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::Health;
-use crate::route::Reply;
+use crate::protocol::reply::Reply;
 use crate::stats::ServerStats;
 
 /// One server's health as a worker's pool route sees it.

@@ -7,8 +7,8 @@ use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::Reply;
-use crate::protocol::{Cmd, KeyedRequest, MetaOp, Op, Request, StoreMode};
+use super::reply::Reply;
+use super::{Cmd, KeyedRequest, MetaOp, Op, Request, StoreMode};
 
 /// The bytes of a reply, joined when it came in pieces.
 pub fn bytes_of(r: &Reply) -> Cow<'_, [u8]> {
@@ -336,7 +336,7 @@ pub fn with_ttl_cap(req: &Request, cap: u32) -> Request {
                     old_end += 1;
                 }
                 if i >= 3 && t.first() == Some(&b'T') {
-                    let exp = crate::protocol::number::strtol(&t[1..]).unwrap_or(0);
+                    let exp = super::number::strtol(&t[1..]).unwrap_or(0);
                     out.extend_from_slice(format!("T{}", capped(i64::from(exp), cap)).as_bytes());
                     seen = true;
                 } else {

@@ -9,11 +9,11 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusBuilder;
 
+use crate::plan::Process;
 use crate::protocol::Cmd;
-use crate::stats::Shared;
 
 /// Serves `/metrics` on `addr` and keeps the values current.
-pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
+pub fn start(addr: SocketAddr, process: Arc<Process>) -> anyhow::Result<()> {
     PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
@@ -21,13 +21,13 @@ pub fn start(addr: SocketAddr, shared: Arc<Shared>) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || loop {
-            publish(&shared);
+            publish(&process);
             std::thread::sleep(Duration::from_secs(1));
         })?;
     Ok(())
 }
 
-fn publish(s: &Shared) {
+fn publish(s: &Process) {
     for cmd in Cmd::ALL {
         metrics::counter!("squeal_router_ops_total", "cmd" => cmd.name()).absolute(s.ops(cmd));
     }
@@ -38,7 +38,7 @@ fn publish(s: &Shared) {
     metrics::counter!("squeal_router_clients_closed_total", "reason" => "output_overflow")
         .absolute(s.sum(|w| w.output_overflows.get()));
     metrics::gauge!("squeal_router_buffered_output_bytes")
-        .set(crate::client::buffered_output() as f64);
+        .set(crate::reply_queue::buffered_output() as f64);
     metrics::counter!("squeal_router_backend_errors_total")
         .absolute(s.sum(|w| w.backend_errors.get()));
     metrics::counter!("squeal_router_connections_total")

@@ -15,12 +15,12 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::config::Config;
-use crate::stats::Shared;
-use crate::worker::Plan;
+use crate::plan::Plan;
+use crate::plan::Process;
 
 /// Installs the SIGHUP handler (before returning, so an early SIGHUP cannot kill the
 /// process) and serves reloads on a thread of its own.
-pub fn spawn(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<()> {
+pub fn spawn(path: PathBuf, process: Arc<Process>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -30,7 +30,7 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<()> {
         .spawn(move || {
             rt.block_on(async move {
                 while hup.recv().await.is_some() {
-                    reload(&path, &shared);
+                    reload(&path, &process);
                 }
             })
         })?;
@@ -38,12 +38,12 @@ pub fn spawn(path: PathBuf, shared: Arc<Shared>) -> anyhow::Result<()> {
 }
 
 /// Reads, validates and publishes the config at `path`; returns whether it was taken.
-pub fn reload(path: &std::path::Path, shared: &Shared) -> bool {
-    let old = shared.plan();
+pub fn reload(path: &std::path::Path, process: &Process) -> bool {
+    let old = process.plan();
     let plan = match Config::load(path).and_then(|c| Plan::next(c, Some(&old))) {
         Ok(p) => p,
         Err(e) => {
-            shared.reload_failures.fetch_add(1, Relaxed);
+            process.reload_failures.fetch_add(1, Relaxed);
             tracing::error!("config reload rejected, the running config stays: {e}");
             return false;
         }
@@ -63,10 +63,10 @@ pub fn reload(path: &std::path::Path, shared: &Shared) -> bool {
             tracing::warn!("config reload: `{name}` changed; it takes effect after a restart");
         }
     }
-    shared.publish(Arc::new(plan));
-    shared.reloads.fetch_add(1, Relaxed);
+    process.publish(Arc::new(plan));
+    process.reloads.fetch_add(1, Relaxed);
     tracing::info!(
-        generation = shared.generation.load(Relaxed),
+        generation = process.generation.load(Relaxed),
         "config reloaded from {}",
         path.display()
     );
