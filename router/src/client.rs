@@ -32,6 +32,8 @@ use crate::stats::WorkerStats;
 /// What every connection of a worker shares.
 pub struct ClientCtx {
     pub route: Rc<dyn Route>,
+    /// Which root route of the plan serves this client's listener (`stats route` shows it).
+    pub root: usize,
     pub stats: Arc<WorkerStats>,
     pub process: Arc<Process>,
     pub limits: Limits,
@@ -140,6 +142,7 @@ impl Conn {
                         Parsed::Stats(args) => {
                             self.local(Bytes::from(crate::admin::stats::render(
                                 &ctx.process,
+                                ctx.root,
                                 &args,
                             )));
                         }

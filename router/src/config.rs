@@ -105,8 +105,9 @@ pub struct At {
 pub struct RawRoutes {
     /// The config file, for errors.
     pub file: String,
-    /// `route`: what serves client traffic.
-    pub root: RawValue,
+    /// What serves client traffic: `route` (for the `listen` addresses) first if given,
+    /// then each `[listeners."addr"]`'s route, in `Config::listen_routes` numbering.
+    pub roots: Vec<RawValue>,
     /// `[routes.NAME]`, by name: routes that `route` and other routes may refer to.
     pub named: BTreeMap<String, RawValue>,
 }
@@ -195,10 +196,13 @@ impl<'de> Deserialize<'de> for SpannedToml {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    listen: Spanned<Vec<Spanned<String>>>,
+    listen: Option<Spanned<Vec<Spanned<String>>>>,
     admin: Option<Spanned<String>>,
     workers: Option<Spanned<i64>>,
-    route: Spanned<SpannedToml>,
+    route: Option<Spanned<SpannedToml>>,
+    /// Addresses with a route of their own (twemproxy's per-pool `listen`).
+    #[serde(default)]
+    listeners: BTreeMap<String, Spanned<RawListener>>,
     /// Named routes that `route` and other routes may refer to.
     #[serde(default)]
     routes: BTreeMap<String, Spanned<SpannedToml>>,
@@ -221,7 +225,16 @@ struct RawPool {
     hash: Option<Spanned<String>>,
     hash_tag: Option<Spanned<String>>,
     weights: Option<Spanned<Vec<f64>>>,
+    read_ms: Option<Spanned<i64>>,
+    eject_after: Option<Spanned<i64>>,
+    eject_retry_ms: Option<Spanned<i64>>,
     connections: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    route: Spanned<SpannedToml>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -257,6 +270,8 @@ struct RawLimits {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: Vec<SocketAddr>,
+    /// Per `listen` address, which of `routes.roots` serves it.
+    pub listen_routes: Vec<usize>,
     pub admin: Option<SocketAddr>,
     pub workers: usize,
     /// The route tree serving client traffic, as written (see [`crate::route::spec`]).
@@ -280,6 +295,11 @@ pub struct Pool {
     /// `weighted_ch3` only: each server's share in `[0, 1]`, as mcrouter's
     /// `"hash": {"hash_func": "WeightedCh3", "weights": [...]}`.
     pub weights: Vec<f64>,
+    /// `[timeouts] read_ms` for this pool's servers only (twemproxy's per-pool `timeout`).
+    pub read_timeout: Option<Duration>,
+    /// twemproxy's `auto_eject_hosts`: after `tko_after` consecutive failures a server is
+    /// taken out of the pool for `probe_min` and its keys hash over the others meanwhile.
+    pub eject: Option<Health>,
     pub connections: usize,
     pub servers: Vec<Server>,
 }
@@ -445,7 +465,7 @@ impl Config {
 
     pub fn parse(file: &str, text: &str) -> Result<Config, ConfigError> {
         let cx = Ctx { file, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| {
             let msg = e.message().to_string();
             match e.span() {
                 Some(span) => cx.err(span, msg),
@@ -458,13 +478,7 @@ impl Config {
             }
         })?;
 
-        if raw.listen.get_ref().is_empty() {
-            return Err(cx.err(raw.listen.span(), "listen needs at least one address"));
-        }
-        let mut listen = Vec::new();
-        for l in raw.listen.get_ref() {
-            listen.push(socket_addr(&cx, l)?);
-        }
+        let (listen, listen_routes, roots) = listeners(&cx, &mut raw)?;
         let admin = raw
             .admin
             .as_ref()
@@ -478,10 +492,12 @@ impl Config {
             pools.push(validate_pool(&cx, name, pool)?);
         }
         if pools.is_empty() {
-            return Err(cx.err(
-                raw.route.span(),
-                "no [pools.NAME] table: at least one pool is needed",
-            ));
+            return Err(ConfigError {
+                file: file.to_string(),
+                line: 0,
+                column: 0,
+                message: "no [pools.NAME] table: at least one pool is needed".into(),
+            });
         }
         let names: Vec<String> = pools.iter().map(|p| p.name.clone()).collect();
         for (name, r) in &raw.routes {
@@ -582,10 +598,11 @@ impl Config {
                 .into_iter()
                 .map(|(name, r)| (name, cx.raw(r)))
                 .collect(),
-            root: cx.raw(raw.route),
+            roots,
         };
         Ok(Config {
             listen,
+            listen_routes,
             admin,
             workers,
             routes,
@@ -675,15 +692,95 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
         servers.push(server);
     }
     let weights = pool_weights(cx, name, &distribution, p, servers.len())?;
+    let read_timeout = match &p.read_ms {
+        None => None,
+        Some(_) => Some(Duration::from_millis(
+            cx.int(&p.read_ms, "read_ms", 1000, 1, 86_400_000)? as u64,
+        )),
+    };
+    let eject = match (&p.eject_after, &p.eject_retry_ms) {
+        (None, None) => None,
+        (None, Some(r)) => {
+            return Err(cx.err(r.span(), "eject_retry_ms goes with eject_after"));
+        }
+        (Some(_), _) => {
+            let retry = Duration::from_millis(cx.int(
+                &p.eject_retry_ms,
+                "eject_retry_ms",
+                30_000,
+                1,
+                86_400_000,
+            )? as u64);
+            Some(Health {
+                tko_after: cx.int(&p.eject_after, "eject_after", 2, 1, 1_000_000)? as u32,
+                probe_min: retry,
+                probe_max: retry,
+            })
+        }
+    };
     Ok(Pool {
         name: name.clone(),
         distribution,
         hash,
         hash_tag,
         weights,
+        read_timeout,
+        eject,
         connections,
         servers,
     })
+}
+
+/// `listen` + `route`, and `[listeners."addr"] route = ...`: every address to bind, which
+/// root route serves each, and the roots as written. Each address once; at least one.
+#[allow(clippy::type_complexity)]
+fn listeners(
+    cx: &Ctx,
+    raw: &mut RawConfig,
+) -> Result<(Vec<SocketAddr>, Vec<usize>, Vec<RawValue>), ConfigError> {
+    let (mut listen, mut which, mut roots) = (Vec::new(), Vec::new(), Vec::new());
+    match (raw.listen.take(), raw.route.take()) {
+        (Some(l), Some(r)) => {
+            if l.get_ref().is_empty() {
+                return Err(cx.err(l.span(), "listen needs at least one address"));
+            }
+            for a in l.get_ref() {
+                listen.push(socket_addr(cx, a)?);
+                which.push(0);
+            }
+            roots.push(cx.raw(r));
+        }
+        (Some(l), None) => {
+            return Err(cx.err(l.span(), "listen needs a route (a pool or route name, or a table)"))
+        }
+        (None, Some(r)) => {
+            return Err(cx.err(r.span(), "route serves the listen addresses: listen = [...] is missing"))
+        }
+        (None, None) if raw.listeners.is_empty() => {
+            return Err(ConfigError {
+                file: cx.file.to_string(),
+                line: 0,
+                column: 0,
+                message: "nothing to listen on: give listen = [...] with route, or [listeners.\"addr\"] tables".into(),
+            })
+        }
+        (None, None) => {}
+    }
+    for (addr, l) in std::mem::take(&mut raw.listeners) {
+        let a = addr.parse::<SocketAddr>().map_err(|_| {
+            cx.err(
+                l.span(),
+                format!("listener {addr:?} is not an ip:port address"),
+            )
+        })?;
+        if listen.contains(&a) {
+            return Err(cx.err(l.span(), format!("{addr} is listened on twice")));
+        }
+        listen.push(a);
+        which.push(roots.len());
+        roots.push(cx.raw(l.into_inner().route));
+    }
+    Ok((listen, which, roots))
 }
 
 /// `weights` goes with `distribution = "weighted_ch3"` and only with it: one fraction in
@@ -746,6 +843,9 @@ impl Pool {
         let mut placement = Placement::new(self.hash, &self.distribution, &names);
         if self.distribution == "weighted_ch3" {
             placement.dist = crate::placement::Distribution::WeightedCh3(self.weights.clone());
+        }
+        if self.eject.is_some() {
+            placement = placement.ejecting(&self.distribution, names);
         }
         placement.with_hash_tag(self.hash_tag)
     }
@@ -842,8 +942,8 @@ servers = ["127.0.0.1:11211", "127.0.0.1:11212:2 b"]
     fn errors_name_the_line() {
         // The route tree is kept as written, with where (the route layer validates it).
         let c = Config::parse("r.toml", GOOD).unwrap();
-        assert_eq!(c.routes.root.at, At { line: 3, column: 9 });
-        assert_eq!(c.routes.root.kind, RawKind::String("main".into()));
+        assert_eq!(c.routes.roots[0].at, At { line: 3, column: 9 });
+        assert_eq!(c.routes.roots[0].kind, RawKind::String("main".into()));
 
         let bad = GOOD.replace("127.0.0.1:11212:2 b", "127.0.0.1:x");
         let e = Config::parse("r.toml", &bad).unwrap_err();

@@ -18,8 +18,9 @@ use crate::stats::{ServerStats, WorkerStats};
 /// stats. Built by `main` at start and on every reload, process read-only.
 pub struct Plan {
     pub config: Config,
-    /// The route tree serving client traffic (`config.routes`, validated).
-    pub route: RouteSpec,
+    /// The route trees serving client traffic (`config.routes.roots`, validated): one per
+    /// root, `config.listen_routes` says which serves each address.
+    pub routes: Vec<RouteSpec>,
     pub placements: Vec<Arc<Placement>>,
     /// Per pool, per server.
     pub servers: Vec<Vec<Arc<ServerStats>>>,
@@ -40,16 +41,18 @@ impl Plan {
         }
     }
 
-    /// `stats route <op> <key>` over this plan's tree.
-    pub fn describe(&self, op: &str, key: &[u8]) -> Result<Vec<String>, String> {
-        registry::describe(&self.route, self.placed(), op, key)
+    /// `stats route <op> <key>` over the tree of root `root` (the one serving the asking
+    /// client's address).
+    pub fn describe(&self, root: usize, op: &str, key: &[u8]) -> Result<Vec<String>, String> {
+        let route = self.routes.get(root).ok_or("no such route")?;
+        registry::describe(route, self.placed(), op, key)
     }
 
     /// A plan for `config` that keeps the stats (and health) of every server `previous`
     /// has in the same pool.
     pub fn next(config: Config, previous: Option<&Plan>) -> Result<Plan, ConfigError> {
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
-        let route = registry::parse(&config.routes, &names)?;
+        let routes = registry::parse(&config.routes, &names)?;
         let placements = config
             .pools
             .iter()
@@ -79,7 +82,7 @@ impl Plan {
             .collect();
         Ok(Plan {
             config,
-            route,
+            routes,
             placements,
             servers,
         })
@@ -207,12 +210,12 @@ mod tests {
     fn a_good_tree_passes_and_lists_its_pools() {
         let p = plan("[route]\ntype = \"failover\"\nchildren = [\"other\", { type = \"pool\", pool = \"main\" }]\n").unwrap();
         let mut used = Vec::new();
-        p.route.pools(&mut used);
+        p.routes[0].pools(&mut used);
         assert_eq!(used, vec![1, 0]);
     }
 
     fn route_of(p: &Plan, op: &str, key: &str) -> Vec<String> {
-        p.describe(op, key.as_bytes()).unwrap()
+        p.describe(0, op, key.as_bytes()).unwrap()
     }
 
     #[test]
@@ -253,10 +256,10 @@ mod tests {
             "{flush:?}"
         );
         assert!(p
-            .describe("frob", b"k")
+            .describe(0, "frob", b"k")
             .unwrap_err()
             .contains("unknown operation"));
-        assert_eq!(p.describe("get", b"a\x01b").unwrap_err(), "bad key");
-        assert_eq!(p.describe("get", &[b'k'; 251]).unwrap_err(), "bad key");
+        assert_eq!(p.describe(0, "get", b"a\x01b").unwrap_err(), "bad key");
+        assert_eq!(p.describe(0, "get", &[b'k'; 251]).unwrap_err(), "bad key");
     }
 }

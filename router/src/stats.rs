@@ -51,6 +51,8 @@ pub struct WorkerStats {
     pub holdoffs: Counter,
     /// Requests refused at once because their server is marked down (TKO).
     pub tko_fast_fails: Counter,
+    /// Keys of an ejected server sent to another server of an ejecting pool.
+    pub eject_rehashes: Counter,
 }
 
 /// One memcached server of a pool, across all workers.

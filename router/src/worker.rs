@@ -41,7 +41,8 @@ struct LiveRoute {
     process: Arc<Process>,
     stats: Arc<WorkerStats>,
     generation: Cell<u64>,
-    tree: RefCell<RouteRef>,
+    /// One tree per root route of the plan (`Plan::routes`).
+    trees: RefCell<Vec<RouteRef>>,
     backends: RefCell<HashMap<ConnKey, Backend>>,
 }
 
@@ -51,8 +52,8 @@ impl LiveRoute {
             process,
             stats,
             generation: Cell::new(0),
-            // The tree before the first build.
-            tree: RefCell::new(Rc::new(ErrorRoute("no route"))),
+            // No tree before the first build: requests get `ErrorRoute`.
+            trees: RefCell::new(Vec::new()),
             backends: RefCell::new(HashMap::new()),
         };
         live.rebuild();
@@ -72,12 +73,20 @@ impl LiveRoute {
             max_queue: cfg.limits.max_backend_queue,
         };
         let mut used = Vec::new();
-        plan.route.pools(&mut used);
+        for r in &plan.routes {
+            r.pools(&mut used);
+        }
         let mut old = self.backends.take();
         let mut backends = HashMap::new();
         let mut pools: Vec<Option<RouteRef>> = vec![None; cfg.pools.len()];
         for &pi in &used {
             let pool = &cfg.pools[pi];
+            let timeouts = Timeouts {
+                read: pool.read_timeout.unwrap_or(timeouts.read),
+                ..timeouts
+            };
+            // An ejecting pool watches its servers with its own settings.
+            let health = pool.eject.or(cfg.health);
             let mut conns = Vec::new();
             let mut watches = Vec::new();
             for (si, server) in pool.servers.iter().enumerate() {
@@ -111,28 +120,30 @@ impl LiveRoute {
                     backends.insert(key, b);
                 }
                 conns.push(per_server);
-                if let Some(h) = cfg.health {
+                if let Some(h) = health {
                     watches.push(Rc::new(Watch::new(
                         stats,
                         h,
                         server.addr,
-                        cfg.timeouts.connect,
-                        cfg.timeouts.read,
+                        timeouts.connect,
+                        timeouts.read,
                     )));
                 }
             }
             let route = PoolRoute::new(plan.placements[pi].clone(), conns)
-                .with_health(watches, self.stats.clone());
+                .with_health(watches, self.stats.clone())
+                .ejecting();
             pools[pi] = Some(Rc::new(route));
         }
         for (_, b) in old.drain() {
             retire(b, &timeouts);
         }
         *self.backends.borrow_mut() = backends;
-        *self.tree.borrow_mut() = plan.route.build(&Build {
+        let build = Build {
             pools: &pools,
             stats: &self.stats,
-        });
+        };
+        *self.trees.borrow_mut() = plan.routes.iter().map(|r| r.build(&build)).collect();
         self.generation.set(generation);
     }
 }
@@ -149,13 +160,30 @@ fn retire(b: Backend, t: &Timeouts) {
     });
 }
 
-impl Route for LiveRoute {
+impl LiveRoute {
     #[inline]
-    fn route(&self, req: Request, done: Completion) {
+    fn route(&self, root: usize, req: Request, done: Completion) {
         if self.process.generation.load(Ordering::Relaxed) != self.generation.get() {
             self.rebuild();
         }
-        self.tree.borrow().route(req, done)
+        let tree = self.trees.borrow().get(root).cloned();
+        match tree {
+            Some(t) => t.route(req, done),
+            None => ErrorRoute("no route").route(req, done),
+        }
+    }
+}
+
+/// The live tree of one root route: what a listener's clients are served by.
+struct RootRoute {
+    live: Rc<LiveRoute>,
+    root: usize,
+}
+
+impl Route for RootRoute {
+    #[inline]
+    fn route(&self, req: Request, done: Completion) {
+        self.live.route(self.root, req, done)
     }
 }
 
@@ -175,10 +203,14 @@ pub fn run(
         // Listening, workers and client limits are fixed at start (not reloaded).
         let cfg = &plan.config;
         let stats = process.workers[id].clone();
-        let route = Rc::new(LiveRoute::new(process.clone(), stats.clone()));
-        let ctx = Rc::new(ClientCtx {
-            route,
-            stats,
+        let live = Rc::new(LiveRoute::new(process.clone(), stats.clone()));
+        let ctx = |root: usize| ClientCtx {
+            route: Rc::new(RootRoute {
+                live: live.clone(),
+                root,
+            }),
+            root,
+            stats: stats.clone(),
             process: process.clone(),
             limits: Limits {
                 max_value: cfg.limits.max_item_size,
@@ -187,12 +219,13 @@ pub fn run(
             max_pending: cfg.limits.max_pending_per_client,
             max_output: cfg.limits.max_client_output,
             max_buffered: cfg.limits.max_buffered_output,
-        });
+        };
         let mut accepts = Vec::new();
-        for l in listeners {
+        // `listeners` are bound in `cfg.listen` order.
+        for (l, &root) in listeners.into_iter().zip(&cfg.listen_routes) {
             accepts.push(tokio::task::spawn_local(crate::listener::accept_loop(
                 l,
-                ctx.clone(),
+                Rc::new(ctx(root)),
                 open_connections.clone(),
                 cfg.limits.max_connections,
             )));

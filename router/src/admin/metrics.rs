@@ -78,6 +78,10 @@ fn publish(s: &Process) {
             s.sum(|w| w.tko_fast_fails.get()),
         ),
         (
+            "squeal_router_route_eject_rehashes_total",
+            s.sum(|w| w.eject_rehashes.get()),
+        ),
+        (
             "squeal_router_config_reloads_total",
             s.reloads.load(Relaxed),
         ),

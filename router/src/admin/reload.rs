@@ -6,7 +6,8 @@
 //!
 //! What a reload changes: pools, the route tree (`route`, `[routes]`), `[health]`, and
 //! timeouts of new backend connections. What needs a restart (a change is logged and
-//! ignored): `listen`, `workers`, `admin`, `[limits]`, `[invalidation]`.
+//! ignored): `workers`, `admin`, `[limits]`, `[invalidation]`. A changed `listen` or
+//! `[listeners]` is refused (restart to apply): bound sockets keep the tree they serve.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,8 +50,16 @@ pub fn reload(path: &std::path::Path, process: &Process) -> bool {
         }
     };
     let (o, new) = (&old.config, &plan.config);
+    // Workers serve each bound address with the tree of its root route: a new mapping
+    // would hand an address another tree than the one its config names.
+    if o.listen != new.listen || o.listen_routes != new.listen_routes {
+        process.reload_failures.fetch_add(1, Relaxed);
+        tracing::error!(
+            "config reload rejected, the running config stays: `listen`/`[listeners]` changed; restart to apply"
+        );
+        return false;
+    }
     for (name, changed) in [
-        ("listen", o.listen != new.listen),
         ("workers", o.workers != new.workers),
         ("admin", o.admin != new.admin),
         ("limits", o.limits != new.limits),

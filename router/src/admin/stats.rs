@@ -8,8 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::plan::Process;
 use crate::protocol::Cmd;
 
-/// The body of `stats` (memcached's `STAT name value` lines and `END`).
-pub fn render(p: &Process, args: &[u8]) -> Vec<u8> {
+/// The body of `stats` (memcached's `STAT name value` lines and `END`); `root` is the
+/// route tree serving the asking client (for `stats route`).
+pub fn render(p: &Process, root: usize, args: &[u8]) -> Vec<u8> {
     let mut s = String::new();
     let args = std::str::from_utf8(args).unwrap_or("").trim();
     match args {
@@ -22,7 +23,7 @@ pub fn render(p: &Process, args: &[u8]) -> Vec<u8> {
             match (it.next(), it.next(), it.next()) {
                 (Some(op), Some(key), None) => {
                     let plan = p.plan();
-                    match plan.describe(op, key.as_bytes()) {
+                    match plan.describe(root, op, key.as_bytes()) {
                         Ok(lines) => {
                             for l in lines {
                                 let _ = write!(s, "STAT {l}\r\n");
@@ -97,6 +98,7 @@ fn route_lines(p: &Process, s: &mut String) {
     stat("route_warm_hits", p.sum(|w| w.warm_hits.get()));
     stat("route_holdoffs", p.sum(|w| w.holdoffs.get()));
     stat("route_tko_fast_fails", p.sum(|w| w.tko_fast_fails.get()));
+    stat("route_eject_rehashes", p.sum(|w| w.eject_rehashes.get()));
     stat("config_generation", p.generation.load(Relaxed));
     stat("config_reloads", p.reloads.load(Relaxed));
     stat("config_reload_failures", p.reload_failures.load(Relaxed));

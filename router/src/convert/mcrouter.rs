@@ -9,7 +9,9 @@
 //! `PrefixSelectorRoute` and `OperationSelectorRoute`, in object form or as
 //! `"PoolRoute|name"` strings. Anything else is refused with its path in the JSON and the
 //! reason, never dropped. Where the router's route does not behave exactly as mcrouter's,
-//! the TOML carries a comment saying how (collected in [`Converted::notes`]).
+//! the TOML carries a comment saying how (collected in [`Converted::notes`]). mcrouter's
+//! listening port is a command-line flag, so the TOML listens on its default,
+//! `127.0.0.1:5000`: edit `listen` in the printed TOML (`--print-toml`) to change it.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -513,6 +515,9 @@ impl<'a> Converter<'a> {
         for n in &notes {
             let _ = writeln!(out, "# note: {n}");
         }
+        // mcrouter takes its port on the command line (`-p`, 5000 by default).
+        out.push_str("# mcrouter's port is a command-line flag (-p); the router's is here:\n");
+        out.push_str("listen = [\"127.0.0.1:5000\"]\n");
         out.push_str("route = ");
         route.render(&mut out);
         out.push('\n');

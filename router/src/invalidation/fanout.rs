@@ -22,6 +22,11 @@ pub struct Target {
     pub servers: Vec<String>,
     /// Set while the pool is a cold cluster being warmed: deletes there leave a hold-off.
     pub holdoff_secs: Option<u32>,
+    /// Ejecting pool (twemproxy's `auto_eject_hosts`): per server, the placement without
+    /// it. While a router has a server ejected, its keys are cached on the server they
+    /// hash to over the rest, so a delete goes there too (one extra delete per key: the
+    /// fan-out does not know which servers the data path has ejected right now).
+    pub without: Vec<Option<(Placement, Vec<usize>)>>,
 }
 
 impl Target {
@@ -31,8 +36,29 @@ impl Target {
         if self.placement.is_replicated() {
             out.extend(self.servers.iter().cloned());
         } else {
-            out.push(self.servers[self.placement.server_for(key)].clone());
+            let owner = self.placement.server_for(key);
+            out.push(self.servers[owner].clone());
+            if let Some(Some((rest, index))) = self.without.get(owner) {
+                out.push(self.servers[index[rest.server_for(key)]].clone());
+            }
         }
+    }
+
+    /// `without` for `placement` (empty unless it is an ejecting pool's).
+    pub fn ejections(
+        placement: &Placement,
+        servers: usize,
+    ) -> Vec<Option<(Placement, Vec<usize>)>> {
+        if placement.ejecting.is_none() {
+            return Vec::new();
+        }
+        (0..servers)
+            .map(|i| {
+                let mut out = vec![false; servers];
+                out[i] = true;
+                placement.without(&out)
+            })
+            .collect()
     }
 }
 

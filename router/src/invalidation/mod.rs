@@ -35,9 +35,12 @@ impl Pools<'_> {
     /// The pool called `name` as an invalidation target.
     fn target(&self, name: &str, holdoff_secs: Option<u32>) -> Option<Target> {
         let i = self.config.pools.iter().position(|p| p.name == name)?;
+        let placement = self.placements.get(i)?.clone();
+        let servers = self.config.pools[i].servers.len();
         Some(Target {
             name: name.to_string(),
-            placement: self.placements.get(i)?.clone(),
+            without: Target::ejections(&placement, servers),
+            placement,
             servers: self.config.pools[i]
                 .servers
                 .iter()

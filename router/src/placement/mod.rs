@@ -29,6 +29,9 @@ pub struct Placement {
     pub dist: Distribution,
     /// twemproxy's `hash_tag`: only the part of a key between these two bytes is hashed.
     pub hash_tag: Option<[u8; 2]>,
+    /// Set for a pool that ejects failing servers (twemproxy's `auto_eject_hosts`): what
+    /// the placement was built from, to build it again over the servers still in.
+    pub ejecting: Option<(String, Vec<(String, u32)>)>,
 }
 
 impl Placement {
@@ -54,7 +57,31 @@ impl Placement {
             hash,
             dist,
             hash_tag: None,
+            ejecting: None,
         }
+    }
+
+    /// The same placement, able to leave servers out ([`Placement::without`]).
+    pub fn ejecting(mut self, kind: &str, servers: Vec<(String, u32)>) -> Placement {
+        self.ejecting = Some((kind.to_string(), servers));
+        self
+    }
+
+    /// For an ejecting pool, the placement over the servers not marked in `out`, and each
+    /// of its indexes' server in the whole pool: as twemproxy rebuilds its distribution
+    /// over the live servers, so a key of an ejected server moves, and only such keys do
+    /// (for ketama). `None`: not an ejecting pool, or no server left.
+    pub fn without(&self, out: &[bool]) -> Option<(Placement, Vec<usize>)> {
+        let (kind, servers) = self.ejecting.as_ref()?;
+        let live: Vec<usize> = (0..servers.len())
+            .filter(|&i| !out.get(i).copied().unwrap_or(false))
+            .collect();
+        if live.is_empty() {
+            return None;
+        }
+        let names: Vec<(String, u32)> = live.iter().map(|&i| servers[i].clone()).collect();
+        let p = Placement::new(self.hash, kind, &names).with_hash_tag(self.hash_tag);
+        Some((p, live))
     }
 
     /// The same placement, hashing only the tagged part of keys (twemproxy's `hash_tag`).
@@ -102,6 +129,29 @@ impl Placement {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_moves_only_the_ejected_servers_keys() {
+        let names: Vec<(String, u32)> = (0..4).map(|i| (format!("s{i}"), 1)).collect();
+        let p = Placement::new(HashFn::Md5, "ketama", &names).ejecting("ketama", names.clone());
+        let (q, live) = p.without(&[false, true, false, false]).unwrap();
+        assert_eq!(live, vec![0, 2, 3]);
+        let mut moved = 0;
+        for i in 0..2000 {
+            let k = format!("k{i}");
+            let (a, b) = (p.server_for(k.as_bytes()), live[q.server_for(k.as_bytes())]);
+            assert_ne!(b, 1, "a key still hashed to the ejected server");
+            if a != 1 {
+                // twemproxy rescales points by the live weight, so a few keys of live
+                // servers move too; most stay.
+                moved += (a != b) as usize;
+            }
+        }
+        assert!(moved < 300, "{moved} keys of live servers moved");
+        assert!(Placement::new(HashFn::Md5, "ketama", &names)
+            .without(&[true; 4])
+            .is_none());
+    }
 
     #[test]
     fn hash_tag_hashes_the_tagged_part_as_twemproxy_does() {

@@ -5,6 +5,7 @@
 //!
 //! In a route tree, a pool is its name, or `{ type = "pool", pool = "NAME" }`.
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -27,6 +28,9 @@ pub struct PoolRoute {
     /// Per server, its health watch (empty: no health checking).
     health: Vec<Rc<Watch>>,
     stats: Option<Arc<WorkerStats>>,
+    /// Ejecting pool (twemproxy's `auto_eject_hosts`): the placement over the servers
+    /// still in, for the set of servers out it was built for.
+    ejected: Option<RefCell<(Vec<bool>, Option<(Placement, Vec<usize>)>)>>,
 }
 
 impl PoolRoute {
@@ -39,6 +43,42 @@ impl PoolRoute {
             servers,
             health: Vec::new(),
             stats: None,
+            ejected: None,
+        }
+    }
+
+    /// Servers marked down leave the pool (their keys hash over the rest) instead of
+    /// failing fast; needs [`PoolRoute::with_health`].
+    pub fn ejecting(mut self) -> PoolRoute {
+        if self.placement.ejecting.is_some() {
+            self.ejected = Some(RefCell::new((Vec::new(), None)));
+        }
+        self
+    }
+
+    /// The server for `key`: the placement's, or in an ejecting pool whose server for it
+    /// is out, the one it hashes to over the servers still in.
+    #[inline]
+    fn server_for(&self, key: &[u8]) -> usize {
+        let server = self.placement.server_for(key);
+        match &self.ejected {
+            Some(cache) if self.health.get(server).is_some_and(|w| w.is_down()) => {
+                let out: Vec<bool> = self.health.iter().map(|w| w.is_down()).collect();
+                let mut c = cache.borrow_mut();
+                if c.0 != out {
+                    *c = (out.clone(), self.placement.without(&out));
+                }
+                match &c.1 {
+                    Some((live, index)) => {
+                        if let Some(s) = &self.stats {
+                            s.eject_rehashes.add(1);
+                        }
+                        index[live.server_for(key)]
+                    }
+                    None => server,
+                }
+            }
+            _ => server,
         }
     }
 
@@ -80,7 +120,7 @@ impl PoolRoute {
     }
 
     fn keyed(&self, req: KeyedRequest, done: Completion) {
-        let server = self.placement.server_for(&req.key);
+        let server = self.server_for(&req.key);
         let Some(done) = self.checked(server, done) else {
             return;
         };
@@ -91,7 +131,7 @@ impl PoolRoute {
     fn multi_get(&self, req: MultiGetRequest, done: Completion) {
         split_multi_get(
             req,
-            |k| self.placement.server_for(k),
+            |k| self.server_for(k),
             |server, share, done| {
                 let Some(done) = self.checked(server, done) else {
                     return;

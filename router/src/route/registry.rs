@@ -29,9 +29,9 @@ const REGISTRY: Registry = Registry {
     pool: pool::spec,
 };
 
-/// Parses and validates the route tree over the pools named `pools` (`Config::pools`
-/// order).
-pub fn parse(routes: &RawRoutes, pools: &[String]) -> Result<RouteSpec, ConfigError> {
+/// Parses and validates the route trees (one per root: `route`, then each listener's) over
+/// the pools named `pools` (`Config::pools` order).
+pub fn parse(routes: &RawRoutes, pools: &[String]) -> Result<Vec<RouteSpec>, ConfigError> {
     spec::parse(&REGISTRY, routes, pools)
 }
 

@@ -166,12 +166,15 @@ pub fn parse(
     registry: &Registry,
     routes: &RawRoutes,
     pools: &[String],
-) -> Result<RouteSpec, ConfigError> {
-    let root = Parser::new(registry, routes, pools).route(&routes.root)?;
+) -> Result<Vec<RouteSpec>, ConfigError> {
+    let mut roots = Vec::new();
+    for root in &routes.roots {
+        roots.push(Parser::new(registry, routes, pools).route(root)?);
+    }
     for r in routes.named.values() {
         Parser::new(registry, routes, pools).route(r)?;
     }
-    Ok(root)
+    Ok(roots)
 }
 
 /// A route table being parsed: its type and entries.
