@@ -30,8 +30,12 @@ pub struct PoolRoute {
     stats: Option<Arc<WorkerStats>>,
     /// Ejecting pool (twemproxy's `auto_eject_hosts`): the placement over the servers
     /// still in, for the set of servers out it was built for.
-    ejected: Option<RefCell<(Vec<bool>, Option<(Placement, Vec<usize>)>)>>,
+    ejected: Option<RefCell<Ejected>>,
 }
+
+/// Which servers were out when [`PoolRoute::ejected`] was built, and the placement over
+/// the rest with each index's server in the whole pool.
+type Ejected = (Vec<bool>, Option<(Placement, Vec<usize>)>);
 
 impl PoolRoute {
     pub fn new(
