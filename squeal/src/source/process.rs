@@ -126,6 +126,11 @@ pub struct Processor {
     ctx: PlanContext,
     /// Scratch buffers for filtered placeholders.
     scratch: (Vec<u8>, Vec<u8>),
+    /// Optional hook (off unless [`Processor::record_origins`]): the table (`db.table`) each
+    /// row-rule or outbox key of the open transaction came from, moved to `last_origins` at
+    /// its commit. squeal-inspect labels its per-table metrics with it; squeal never pays.
+    origins: Option<Vec<(String, Vec<u8>)>>,
+    last_origins: Vec<(String, Vec<u8>)>,
 }
 
 impl Processor {
@@ -166,7 +171,22 @@ impl Processor {
             default_dialect: dialect_of(&cfg.annotation_sql_mode),
             ctx: PlanContext::default(),
             scratch: Default::default(),
+            origins: None,
+            last_origins: Vec::new(),
         })
+    }
+
+    /// From now on, remember which table each row-rule or outbox key came from (see
+    /// [`Processor::take_origins`]). Costs a copy of every such key.
+    pub fn record_origins(&mut self) {
+        self.origins.get_or_insert_with(Vec::new);
+    }
+
+    /// `(db.table, key)` for the row-rule and outbox keys of the last committed transaction
+    /// (annotation keys have no table and are absent); empty unless
+    /// [`Processor::record_origins`] was called. Take it after each `handle` that committed.
+    pub fn take_origins(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.last_origins)
     }
 
     /// The zone TIMESTAMP values are shown in (default UTC); applies to tables mapped from
@@ -198,6 +218,9 @@ impl Processor {
     }
 
     fn abort_txn(&mut self) {
+        if let Some(o) = &mut self.origins {
+            o.clear();
+        }
         self.flush_pending = false;
         self.dialect = self.default_dialect;
         self.txn.clear();
@@ -228,6 +251,9 @@ impl Processor {
             if let Some(e) = err {
                 return Err(ProcessError::Spill(e));
             }
+        }
+        if let Some(o) = &mut self.origins {
+            self.last_origins = std::mem::take(o);
         }
         self.stats.txns += 1;
         self.stats.keys += keys.len();
@@ -788,7 +814,12 @@ impl Processor {
 
     fn push_key(&mut self, plan: &TablePlan) -> Result<(), ProcessError> {
         match marker::key::validate(&self.key) {
-            Ok(()) => self.txn.insert(&self.key).map_err(ProcessError::Spill),
+            Ok(()) => {
+                if let Some(o) = &mut self.origins {
+                    o.push((format!("{}.{}", plan.db, plan.table), self.key.clone()));
+                }
+                self.txn.insert(&self.key).map_err(ProcessError::Spill)
+            }
             Err(e) => {
                 let reason = match e {
                     marker::key::KeyError::Empty => "empty",
