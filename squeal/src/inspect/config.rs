@@ -254,6 +254,14 @@ mod tests {
                        [[target]]\nname = \"c0\"\nservers = [\"127.0.0.1:11211\"]\n";
 
     #[test]
+    fn the_example_config_parses() {
+        let c = InspectConfig::parse(include_str!("../../../deploy/squeal-inspect.toml")).unwrap();
+        assert_eq!(c.targets.len(), 4);
+        assert_eq!(c.targets[3].holds, Holds::Markers);
+        assert_eq!(c.sample.tables, ["app.users"]);
+    }
+
+    #[test]
     fn defaults_are_the_documented_ones() {
         let c = InspectConfig::parse(MIN).unwrap();
         assert_eq!(c.sample.rate, 0.01);
