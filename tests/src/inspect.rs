@@ -137,6 +137,86 @@ impl Inspector {
     }
 }
 
+/// What the inspector measured at one horizon (over every table and target).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Consistency {
+    pub horizon: String,
+    pub copies: u64,
+    pub stale: u64,
+    pub undetermined: u64,
+    pub unreachable: u64,
+}
+
+impl Consistency {
+    /// Copies absent or refilled after the commit.
+    pub fn consistent(&self) -> u64 {
+        self.copies - self.stale - self.undetermined - self.unreachable
+    }
+
+    /// `-log10(stale / decided)`; with no stale copy, `>= log10(decided)` (what the sample
+    /// can show), as squeal-inspect's summary prints it.
+    pub fn nines(&self) -> String {
+        let decided = self.consistent() + self.stale;
+        if decided == 0 {
+            "-".into()
+        } else if self.stale == 0 {
+            format!(">= {:.1}", (decided as f64).log10())
+        } else {
+            format!("{:.1}", -(self.stale as f64 / decided as f64).log10())
+        }
+    }
+
+    /// The counts since `before` (same horizon).
+    pub fn since(&self, before: &Consistency) -> Consistency {
+        Consistency {
+            horizon: self.horizon.clone(),
+            copies: self.copies - before.copies,
+            stale: self.stale - before.stale,
+            undetermined: self.undetermined - before.undetermined,
+            unreachable: self.unreachable - before.unreachable,
+        }
+    }
+}
+
+impl Inspector {
+    /// The counts so far at each of `horizons` (labels such as `1s`).
+    pub fn consistency(&self, horizons: &[&str]) -> Vec<Consistency> {
+        let text = crate::prometheus::scrape(self.metrics_port).unwrap_or_default();
+        let n = |h: &str, v: Option<&str>| {
+            let mut l = vec![("horizon", h)];
+            if let Some(v) = v {
+                l.push(("verdict", v));
+            }
+            labelled(&text, "squeal_inspect_copies_total", &l) as u64
+        };
+        horizons
+            .iter()
+            .map(|h| Consistency {
+                horizon: h.to_string(),
+                copies: n(h, None),
+                stale: n(h, Some("stale")),
+                undetermined: n(h, Some("undetermined")),
+                unreachable: n(h, Some("unreachable")),
+            })
+            .collect()
+    }
+
+    /// Waits until no sample waits for a horizon (call once the writers stopped).
+    pub fn wait_idle(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.metric("squeal_inspect_pending", &[]) > 0.0 {
+            if Instant::now() > deadline {
+                bail!(
+                    "squeal-inspect still has pending samples after {timeout:?}; log:\n{}",
+                    self.server.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+}
+
 /// See [`Inspector::metric`].
 pub fn labelled(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
@@ -178,6 +258,25 @@ mod tests {
         assert_eq!(labelled(text, "x", &[("target", "c1")]), 8.0);
         assert_eq!(labelled(text, "x", &[]), 10.0);
         assert_eq!(labelled(text, "y", &[]), 0.0);
+    }
+
+    #[test]
+    fn nines_of_a_horizon() {
+        let c = Consistency {
+            horizon: "1s".into(),
+            copies: 1009,
+            stale: 1,
+            undetermined: 5,
+            unreachable: 4,
+        };
+        assert_eq!(c.consistent(), 999);
+        assert_eq!(c.nines(), "3.0");
+        let clean = Consistency {
+            copies: 100,
+            ..Default::default()
+        };
+        assert_eq!(clean.nines(), ">= 2.0");
+        assert_eq!(clean.since(&clean).nines(), "-");
     }
 
     #[test]
