@@ -8,7 +8,7 @@
 //! - one cluster left out of the routers' `[invalidation] clusters`: every sampled key
 //!   cached there is stale at every horizon (one-shot mode, read from its summary table);
 //! - one memcached SIGSTOPped for 3 s: its cluster's checks are not consistent while it is
-//!   stopped (unreachable, never counted consistent) and consistent at 5 s.
+//!   stopped (unreachable, never counted consistent) and consistent at 8 s.
 //!
 //! The inspector reads every server of a cluster, not only the one the router's placement
 //! picks: a copy on another server (left by a placement change, or stored there directly)
@@ -216,7 +216,10 @@ async fn a_stopped_server_is_unreachable_not_consistent_then_consistent() -> Res
         N,
     )
     .await?;
-    let inspector = Inspector::start(&inspect::config(&region, RULE, SAMPLE), &[])?;
+    // 8 s: the router retries a stalled server's spool with a backoff that can reach 1.6 s
+    // during the stop; 8 s after the commit leaves it room after the resume at 3 s.
+    let sample = SAMPLE.replace("[1000, 5000]", "[1000, 8000]");
+    let inspector = Inspector::start(&inspect::config(&region, RULE, &sample), &[])?;
     // The keys where c0's placement puts them (the router deletes a key only there); the
     // test needs some on the server it stops.
     {
@@ -238,14 +241,24 @@ async fn a_stopped_server_is_unreachable_not_consistent_then_consistent() -> Res
     region.clusters[0][0].server.signal("STOP");
     let stopped = Instant::now();
     std::thread::sleep(Duration::from_millis(500));
-    let r = update(&region, 0..N).await;
-    // The 1 s checks of these commits fall inside the stop.
+    // One transaction for every key: one commit, so all its 1 s checks come due at once,
+    // inside the stop.
+    let r = region
+        .db
+        .exec(&format!("UPDATE app.items SET v = v + 1 WHERE id < {N}"))
+        .await;
+    let committed_at = stopped.elapsed();
+    // The 1 s checks of this commit fall inside the stop.
     std::thread::sleep(Duration::from_secs(3).saturating_sub(stopped.elapsed()));
     region.clusters[0][0].server.signal("CONT");
     r?;
+    assert!(
+        committed_at < Duration::from_millis(1900),
+        "the commit ended {committed_at:?} into the stop: its 1 s checks may not fall inside it"
+    );
     inspector.wait_metric(
         "squeal_inspect_copies_total",
-        &[("horizon", "5s")],
+        &[("horizon", "8s")],
         2.0 * N as f64,
         Duration::from_secs(30),
     )?;
@@ -275,8 +288,8 @@ async fn a_stopped_server_is_unreachable_not_consistent_then_consistent() -> Res
         inspector.metric("squeal_inspect_unreachable_total", &[("target", "c0")]) > 0.0,
         "and counted by reason"
     );
-    assert_eq!(c0("5s", "absent"), n, "consistent once it answers again");
-    assert_eq!(c0("5s", "stale") + c0("5s", "unreachable"), 0);
+    assert_eq!(c0("8s", "absent"), n, "consistent once it answers again");
+    assert_eq!(c0("8s", "stale") + c0("8s", "unreachable"), 0);
     // The other cluster never held the keys.
     let c1 = copies(&inspector, &[("target", "c1"), ("verdict", "absent")]);
     assert_eq!(c1, 2 * n);
