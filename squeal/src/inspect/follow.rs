@@ -22,6 +22,9 @@ pub struct Commit {
     pub origins: Vec<(String, Vec<u8>)>,
     /// When the inspector received it (microseconds since the epoch).
     pub received: u64,
+    /// Its commit time in microseconds when the stream carries it (MySQL 8), see
+    /// [`Processor::last_commit_micros`].
+    pub commit_us: Option<u64>,
 }
 
 /// Follows the binlog until `stop` turns true, handing every commit to `on_commit`.
@@ -114,12 +117,14 @@ pub async fn follow(
             if !out.is_empty() {
                 let received = super::classify::now_micros();
                 let origins = processor.take_origins();
+                let commit_us = processor.last_commit_micros();
                 for (i, committed) in out.drain(..).enumerate() {
                     on_commit(Commit {
                         committed,
                         // One event commits at most one transaction.
                         origins: if i == 0 { origins.clone() } else { Vec::new() },
                         received,
+                        commit_us,
                     });
                 }
             }

@@ -192,7 +192,12 @@ pub async fn run(cfg: InspectConfig, until: Until) -> anyhow::Result<Report> {
         if *stop_tx.borrow() {
             return;
         }
-        let commit_lo = (c.committed.commit_ts as u64 * 1_000_000).saturating_sub(margin);
+        // MySQL 8 gives the commit time in microseconds; otherwise the event's whole
+        // second, which is no later than the commit.
+        let commit_lo = c
+            .commit_us
+            .unwrap_or(c.committed.commit_ts as u64 * 1_000_000)
+            .saturating_sub(margin);
         if c.committed.commit_ts != 0 {
             metrics::gauge!("squeal_inspect_receive_lag_seconds").set(
                 c.received

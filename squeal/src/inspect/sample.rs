@@ -16,8 +16,8 @@ pub struct Sample {
     pub marker: bool,
     /// Binlog position after the commit (and its GTID when known), for tracing a stale copy.
     pub position: String,
-    /// The earliest the commit can have happened (its binlog timestamp, whole seconds on
-    /// MariaDB, minus the clock margin).
+    /// The earliest the commit can have happened (MySQL 8's microsecond commit timestamp,
+    /// else the binlog's whole-second one, minus the clock margin).
     pub commit_lo: Micros,
     /// When the inspector received the commit (it happened before).
     pub received: Micros,

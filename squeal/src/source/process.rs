@@ -131,6 +131,10 @@ pub struct Processor {
     /// its commit. squeal-inspect labels its per-table metrics with it; squeal never pays.
     origins: Option<Vec<(String, Vec<u8>)>>,
     last_origins: Vec<(String, Vec<u8>)>,
+    /// MySQL 8's `immediate_commit_timestamp` (microseconds) of the open transaction's GTID
+    /// event, and of the last committed one (squeal-inspect dates commits with it).
+    commit_us: Option<u64>,
+    last_commit_us: Option<u64>,
 }
 
 impl Processor {
@@ -173,6 +177,8 @@ impl Processor {
             scratch: Default::default(),
             origins: None,
             last_origins: Vec::new(),
+            commit_us: None,
+            last_commit_us: None,
         })
     }
 
@@ -187,6 +193,13 @@ impl Processor {
     /// [`Processor::record_origins`] was called. Take it after each `handle` that committed.
     pub fn take_origins(&mut self) -> Vec<(String, Vec<u8>)> {
         std::mem::take(&mut self.last_origins)
+    }
+
+    /// The commit time of the last committed transaction in microseconds since the epoch,
+    /// when the stream carries it (MySQL 8's GTID events); `None` otherwise (MariaDB, older
+    /// MySQL: only the events' whole-second timestamps).
+    pub fn last_commit_micros(&self) -> Option<u64> {
+        self.last_commit_us
     }
 
     /// The zone TIMESTAMP values are shown in (default UTC); applies to tables mapped from
@@ -218,6 +231,7 @@ impl Processor {
     }
 
     fn abort_txn(&mut self) {
+        self.commit_us = None;
         if let Some(o) = &mut self.origins {
             o.clear();
         }
@@ -255,6 +269,7 @@ impl Processor {
         if let Some(o) = &mut self.origins {
             self.last_origins = std::mem::take(o);
         }
+        self.last_commit_us = self.commit_us.take();
         self.stats.txns += 1;
         self.stats.keys += keys.len();
         if self.gtid.is_some() {
@@ -343,6 +358,8 @@ impl Processor {
             {
                 self.begin();
                 if let Ok(g) = ev.read_event::<MyGtidEvent>() {
+                    let us = g.immediate_commit_timestamp();
+                    self.commit_us = (us != 0).then_some(us);
                     if x != EventType::ANONYMOUS_GTID_EVENT as u8 {
                         self.gtid = Some(format!("{}:{}", uuid(&g.sid()), g.gno()));
                     }
