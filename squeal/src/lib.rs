@@ -11,6 +11,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod extract;
+pub mod inspect;
 pub mod metrics;
 pub mod ratelimit;
 pub mod run;

@@ -11,6 +11,7 @@
 
 pub mod checked;
 pub mod hostile;
+pub mod inspect;
 pub mod kafka;
 pub mod mariadb;
 pub mod memcache;

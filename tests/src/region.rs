@@ -32,6 +32,9 @@ pub struct RegionOptions {
     /// The routers' delete timeout (`[invalidation] timeout_ms`): after it, a server's
     /// deletes go to the spool.
     pub invalidation_timeout_ms: u64,
+    /// The clusters (by index) in the routers' `[invalidation] clusters`; `None`: every one.
+    /// Leaving one out makes a broken pipeline on purpose (squeal-inspect's tests).
+    pub invalidated_clusters: Option<Vec<usize>>,
 }
 
 impl Default for RegionOptions {
@@ -43,6 +46,7 @@ impl Default for RegionOptions {
             router_extra: String::new(),
             server_id: 1,
             invalidation_timeout_ms: 500,
+            invalidated_clusters: None,
         }
     }
 }
@@ -89,7 +93,14 @@ impl Region {
             "[pools.regional]\nservers = [{:?}]\n",
             regional.addr()
         ));
-        let names: Vec<String> = (0..clusters.len()).map(|i| format!("\"c{i}\"")).collect();
+        let names: Vec<String> = (0..clusters.len())
+            .filter(|i| {
+                opts.invalidated_clusters
+                    .as_ref()
+                    .is_none_or(|only| only.contains(i))
+            })
+            .map(|i| format!("\"c{i}\""))
+            .collect();
         let mut routers = Vec::new();
         let mut invalidation_ports = Vec::new();
         for i in 0..clusters.len() {

@@ -41,7 +41,9 @@ fn every_deploy_config_passes_its_programs_check() -> Result<()> {
         }
         let checked = scratch.path().join(file.file_name().unwrap());
         std::fs::write(&checked, &text)?;
-        let program = if text.contains("[source]") {
+        let program = if text.contains("[[target]]") {
+            "squeal-inspect"
+        } else if text.contains("[source]") {
             "squeal"
         } else {
             "squeal-router"

@@ -126,6 +126,15 @@ pub struct Processor {
     ctx: PlanContext,
     /// Scratch buffers for filtered placeholders.
     scratch: (Vec<u8>, Vec<u8>),
+    /// Optional hook (off unless [`Processor::record_origins`]): the table (`db.table`) each
+    /// row-rule or outbox key of the open transaction came from, moved to `last_origins` at
+    /// its commit. squeal-inspect labels its per-table metrics with it; squeal never pays.
+    origins: Option<Vec<(String, Vec<u8>)>>,
+    last_origins: Vec<(String, Vec<u8>)>,
+    /// MySQL 8's `immediate_commit_timestamp` (microseconds) of the open transaction's GTID
+    /// event, and of the last committed one (squeal-inspect dates commits with it).
+    commit_us: Option<u64>,
+    last_commit_us: Option<u64>,
 }
 
 impl Processor {
@@ -166,7 +175,31 @@ impl Processor {
             default_dialect: dialect_of(&cfg.annotation_sql_mode),
             ctx: PlanContext::default(),
             scratch: Default::default(),
+            origins: None,
+            last_origins: Vec::new(),
+            commit_us: None,
+            last_commit_us: None,
         })
+    }
+
+    /// From now on, remember which table each row-rule or outbox key came from (see
+    /// [`Processor::take_origins`]). Costs a copy of every such key.
+    pub fn record_origins(&mut self) {
+        self.origins.get_or_insert_with(Vec::new);
+    }
+
+    /// `(db.table, key)` for the row-rule and outbox keys of the last committed transaction
+    /// (annotation keys have no table and are absent); empty unless
+    /// [`Processor::record_origins`] was called. Take it after each `handle` that committed.
+    pub fn take_origins(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.last_origins)
+    }
+
+    /// The commit time of the last committed transaction in microseconds since the epoch,
+    /// when the stream carries it (MySQL 8's GTID events); `None` otherwise (MariaDB, older
+    /// MySQL: only the events' whole-second timestamps).
+    pub fn last_commit_micros(&self) -> Option<u64> {
+        self.last_commit_us
     }
 
     /// The zone TIMESTAMP values are shown in (default UTC); applies to tables mapped from
@@ -198,6 +231,10 @@ impl Processor {
     }
 
     fn abort_txn(&mut self) {
+        self.commit_us = None;
+        if let Some(o) = &mut self.origins {
+            o.clear();
+        }
         self.flush_pending = false;
         self.dialect = self.default_dialect;
         self.txn.clear();
@@ -229,6 +266,10 @@ impl Processor {
                 return Err(ProcessError::Spill(e));
             }
         }
+        if let Some(o) = &mut self.origins {
+            self.last_origins = std::mem::take(o);
+        }
+        self.last_commit_us = self.commit_us.take();
         self.stats.txns += 1;
         self.stats.keys += keys.len();
         if self.gtid.is_some() {
@@ -317,6 +358,8 @@ impl Processor {
             {
                 self.begin();
                 if let Ok(g) = ev.read_event::<MyGtidEvent>() {
+                    let us = g.immediate_commit_timestamp();
+                    self.commit_us = (us != 0).then_some(us);
                     if x != EventType::ANONYMOUS_GTID_EVENT as u8 {
                         self.gtid = Some(format!("{}:{}", uuid(&g.sid()), g.gno()));
                     }
@@ -788,7 +831,12 @@ impl Processor {
 
     fn push_key(&mut self, plan: &TablePlan) -> Result<(), ProcessError> {
         match marker::key::validate(&self.key) {
-            Ok(()) => self.txn.insert(&self.key).map_err(ProcessError::Spill),
+            Ok(()) => {
+                if let Some(o) = &mut self.origins {
+                    o.push((format!("{}.{}", plan.db, plan.table), self.key.clone()));
+                }
+                self.txn.insert(&self.key).map_err(ProcessError::Spill)
+            }
             Err(e) => {
                 let reason = match e {
                     marker::key::KeyError::Empty => "empty",

@@ -1,11 +1,13 @@
 //! The quickstart demo: a whole region on loopback (MariaDB with its binlog, two front-end
 //! clusters of memcached and a regional pool, a router per cluster, squeal), one
-//! invalidation shown step by step, then a short look-aside workload with its figures.
+//! invalidation shown step by step, then a short look-aside workload with its figures, and
+//! the consistency squeal-inspect measured meanwhile.
 //! Run through `deploy/quickstart.sh` (`--keep` leaves everything running).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use harness::inspect::{self, Inspector};
 use harness::region::{Region, RegionOptions};
 use harness::workload::{self, LookAside, Lookup, WorkloadOptions};
 use mysql_async::prelude::*;
@@ -36,6 +38,18 @@ async fn main() -> Result<()> {
     region.start_squeal(workload::EXTRACT)?;
     println!(
         "  squeal tailing the binlog, rule shop.users -> user:{{id}}, delivering to both routers"
+    );
+    let inspector = Inspector::start(
+        &inspect::config(
+            &region,
+            workload::EXTRACT,
+            "rate = 1.0\nhorizons_ms = [1000, 5000]\nmax_reads_per_sec = 20000\n",
+        ),
+        &[],
+    )?;
+    println!(
+        "  squeal-inspect beside it (own server_id), metrics on 127.0.0.1:{}",
+        inspector.metrics_port
     );
 
     println!("\n== one invalidation, step by step");
@@ -112,6 +126,22 @@ async fn main() -> Result<()> {
         report.checked, report.stale
     );
     anyhow::ensure!(report.stale == 0, "stale keys found");
+
+    println!(
+        "\n== squeal-inspect: every committed key read back from both clusters at 1 s and 5 s"
+    );
+    inspector.wait_idle(Duration::from_secs(30))?;
+    for c in inspector.consistency(&["1s", "5s"]) {
+        println!(
+            "  {:>3}: {} copies checked, {} stale, {} undetermined, {} unreachable: {} nines",
+            c.horizon,
+            c.copies,
+            c.stale,
+            c.undetermined,
+            c.unreachable,
+            c.nines()
+        );
+    }
 
     if keep {
         println!("\nrunning; point a memcache client at a router above. Ctrl-C stops everything");
