@@ -17,12 +17,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::health::Watch;
-use crate::backend::{BackendConn, Timeouts};
+use crate::backend::BackendConn;
 use crate::client::ClientCtx;
+use crate::config::Timeouts;
 use crate::plan::Process;
-use crate::protocol::{Limits, Request};
+use crate::protocol::Request;
 use crate::route::pool::PoolRoute;
-use crate::route::{tree, Completion, Route, RouteRef};
+use crate::route::{tree, Completion, Reply, Route, RouteRef};
 use crate::stats::{ServerStats, WorkerStats};
 
 /// One backend connection of a worker: pool, server label, connection index.
@@ -50,7 +51,7 @@ impl LiveRoute {
             process,
             stats,
             generation: Cell::new(0),
-            tree: RefCell::new(Rc::new(Nothing)),
+            tree: RefCell::new(Rc::new(NotBuilt)),
             backends: RefCell::new(HashMap::new()),
         };
         live.rebuild();
@@ -62,13 +63,7 @@ impl LiveRoute {
         let generation = self.process.generation.load(Ordering::Acquire);
         let plan = self.process.plan();
         let cfg = &plan.config;
-        let timeouts = Timeouts {
-            connect: cfg.timeouts.connect,
-            read: cfg.timeouts.read,
-            backoff_min: cfg.timeouts.backoff_min,
-            backoff_max: cfg.timeouts.backoff_max,
-            max_queue: cfg.limits.max_backend_queue,
-        };
+        let timeouts = cfg.timeouts;
         let mut used = Vec::new();
         cfg.route.pools(&mut used);
         let mut old = self.backends.take();
@@ -92,7 +87,7 @@ impl LiveRoute {
                             let conn = BackendConn::new(
                                 stats.clone(),
                                 self.stats.clone(),
-                                timeouts.max_queue,
+                                cfg.limits.max_backend_queue,
                             );
                             let task =
                                 tokio::task::spawn_local(conn.clone().run(server.addr, timeouts))
@@ -155,11 +150,11 @@ impl Route for LiveRoute {
 }
 
 /// The tree before the first build.
-struct Nothing;
+struct NotBuilt;
 
-impl Route for Nothing {
+impl Route for NotBuilt {
     fn route(&self, _req: Request, done: Completion) {
-        done.complete(crate::route::Reply::error("no route"))
+        done.complete(Reply::error("no route"))
     }
 }
 
@@ -184,13 +179,7 @@ pub fn run(
             route,
             stats,
             process: process.clone(),
-            limits: Limits {
-                max_value: cfg.limits.max_item_size,
-                max_get_line: cfg.limits.max_get_line,
-            },
-            max_pending: cfg.limits.max_pending_per_client,
-            max_output: cfg.limits.max_client_output,
-            max_buffered: cfg.limits.max_buffered_output,
+            limits: cfg.limits,
         });
         let mut accepts = Vec::new();
         for l in listeners {
