@@ -1,7 +1,8 @@
-//! Small encoders and decoders composite routes need: requests built from parsed fields
-//! (a backfill `add`, a `set` with a gutter TTL, a hold-off tombstone, a meta get for a
-//! value's flags and remaining TTL) and the few reply shapes they must read. They work on
-//! the frames the protocol parser produced and never touch the hot path of plain pools.
+//! The item codec of composite routes: requests they build from parsed fields (a backfill
+//! `add`, a `set` with a gutter TTL, a hold-off tombstone, a meta get for a value's flags
+//! and remaining TTL) and the replies they read back into an [`Item`] (the `mg` header and
+//! the lease rule come from `marker::memcache`). They work on the frames the protocol
+//! parser produced and never touch the hot path of plain pools.
 
 use std::borrow::Cow;
 
