@@ -7,6 +7,8 @@
 //! - the SQL annotation format that embeds invalidation keys in a statement comment
 //!   ([`annotation`]);
 //! - the cold-cluster hold-off tombstone ([`holdoff`]);
+//! - the memcache text lines Squeal writes and reads itself, and the lease rule: a lease
+//!   placeholder or a stale item is a miss, never a value ([`memcache`]);
 //! - remote-marker key naming and protocol ([`remote`]), and the invalidation batch wire
 //!   format ([`batch`]).
 
@@ -14,4 +16,5 @@ pub mod annotation;
 pub mod batch;
 pub mod holdoff;
 pub mod key;
+pub mod memcache;
 pub mod remote;

@@ -4,13 +4,14 @@
 //! reply queue ([`crate::reply_queue`]); the task writes every reply that is ready, in
 //! request order, in one `writev`.
 //!
-//! Backpressure: the task stops reading while `max_pending` requests are outstanding or
-//! `max_output` bytes wait to be written, so a slow or stuck client costs bounded memory
+//! Backpressure: the task stops reading while `max_pending_per_client` requests are
+//! outstanding or `max_client_output` bytes wait to be written, so a slow or stuck client costs bounded memory
 //! and never stalls anyone else (its replies stay in its own queue). Requests already in
 //! flight when reading stopped still deliver; a client that lets more than
-//! `2 × max_output` pile up, or that holds more than its share when the process holds
-//! `max_buffered` in all, is disconnected and its replies are dropped at once (counted as
-//! `output_overflows`). So one client costs at most `2 × max_output` plus one reply.
+//! `2 × max_client_output` pile up, or that holds more than its share when the process
+//! holds `max_buffered_output` in all, is disconnected and its replies are dropped at once
+//! (counted as `output_overflows`). So one client costs at most `2 × max_client_output`
+//! plus one reply.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -22,8 +23,9 @@ use std::task::Poll;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::TcpStream;
 
+use crate::config::Limits;
 use crate::plan::Process;
-use crate::protocol::{self, Limits, Parsed, Step};
+use crate::protocol::{self, Parsed, Step};
 use crate::reply_queue::{Replies, FAIR_SHARE};
 use crate::route::{Completion, Route};
 use crate::socket::{read_drained, write_queued};
@@ -36,11 +38,8 @@ pub struct ClientCtx {
     pub root: usize,
     pub stats: Arc<WorkerStats>,
     pub process: Arc<Process>,
+    /// `[limits]`: what the parser accepts, and how much a client may leave unread.
     pub limits: Limits,
-    pub max_pending: usize,
-    pub max_output: usize,
-    /// Reply bytes all clients of the process may hold unread.
-    pub max_buffered: usize,
 }
 
 /// Disconnections for unread output, logged at most once a second (process-wide).
@@ -84,8 +83,8 @@ impl Conn {
     fn dispatch(&mut self, ctx: &ClientCtx) -> bool {
         let mut progress = false;
         while !self.closing
-            && self.out_bytes < ctx.max_output
-            && self.outstanding() < ctx.max_pending
+            && self.out_bytes < ctx.limits.max_client_output
+            && self.outstanding() < ctx.limits.max_pending_per_client
         {
             if self.drain > 0 {
                 let n = self.drain.min(self.rbuf.len());
@@ -98,7 +97,7 @@ impl Conn {
             if self.rbuf.is_empty() {
                 break;
             }
-            match protocol::parse(&self.rbuf, &ctx.limits) {
+            match protocol::parse(&self.rbuf, &ctx.limits.parse) {
                 Step::Incomplete => break,
                 Step::Close => {
                     ctx.stats.client_errors.add(1);
@@ -170,7 +169,10 @@ impl Conn {
 pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
     let _ = stream.set_nodelay(true);
     let mut c = Conn {
-        replies: Replies::new(ctx.max_output.saturating_mul(2), ctx.max_buffered),
+        replies: Replies::new(
+            ctx.limits.max_client_output.saturating_mul(2),
+            ctx.limits.max_buffered_output,
+        ),
         rbuf: BytesMut::with_capacity(16 * 1024),
         out: VecDeque::new(),
         out_bytes: 0,
@@ -216,8 +218,8 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
             // Read more only while within limits (backpressure).
             let may_read = !c.eof
                 && !c.closing
-                && c.out_bytes < ctx.max_output
-                && c.outstanding() < ctx.max_pending;
+                && c.out_bytes < ctx.limits.max_client_output
+                && c.outstanding() < ctx.limits.max_pending_per_client;
             if may_read {
                 match stream.poll_read_ready(cx) {
                     Poll::Pending => {}

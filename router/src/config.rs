@@ -54,6 +54,7 @@ use toml::Spanned;
 
 use crate::placement::hash::HashFn;
 use crate::placement::Placement;
+use crate::protocol;
 
 /// A configuration problem and where it is.
 #[derive(Debug)]
@@ -334,7 +335,9 @@ pub struct Timeouts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    pub max_item_size: usize,
+    /// What the request parser accepts: `max_item_size`, the largest value, and
+    /// `max_get_line`, the longest `get`/`gets`/`gat`/`gats` line a client may send.
+    pub parse: protocol::Limits,
     pub max_connections: usize,
     pub max_pending_per_client: usize,
     /// Reply bytes a client may leave unread: reading stops at this, and a client that
@@ -343,8 +346,6 @@ pub struct Limits {
     /// Reply bytes the whole process holds for clients that have not read them yet; past
     /// it, a client holding more than its share is disconnected.
     pub max_buffered_output: usize,
-    /// Longest `get`/`gets`/`gat`/`gats` line a client may send.
-    pub max_get_line: usize,
     pub max_backend_queue: usize,
 }
 
@@ -548,7 +549,12 @@ impl Config {
         }
         let l = &raw.limits;
         let limits = Limits {
-            max_item_size: cx.int(&l.max_item_size, "max_item_size", 1 << 20, 1, 1 << 30)? as usize,
+            parse: protocol::Limits {
+                max_item_size: cx.int(&l.max_item_size, "max_item_size", 1 << 20, 1, 1 << 30)?
+                    as usize,
+                max_get_line: cx.int(&l.max_get_line, "max_get_line", 16 << 20, 2048, 1 << 30)?
+                    as usize,
+            },
             max_connections: cx.int(&l.max_connections, "max_connections", 4096, 1, 1 << 20)?
                 as usize,
             max_pending_per_client: cx.int(
@@ -572,8 +578,6 @@ impl Config {
                 1 << 20,
                 1 << 40,
             )? as usize,
-            max_get_line: cx.int(&l.max_get_line, "max_get_line", 16 << 20, 2048, 1 << 30)?
-                as usize,
             max_backend_queue: cx.int(
                 &l.max_backend_queue,
                 "max_backend_queue",
@@ -935,7 +939,7 @@ servers = ["127.0.0.1:11211", "127.0.0.1:11212:2 b"]
         assert_eq!(c.pools[0].servers[0].ketama_name, "127.0.0.1");
         assert_eq!(c.pools[0].servers[1].ketama_name, "b");
         assert_eq!(c.pools[0].servers[1].weight, 2);
-        assert_eq!(c.limits.max_item_size, 1 << 20);
+        assert_eq!(c.limits.parse.max_item_size, 1 << 20);
     }
 
     #[test]

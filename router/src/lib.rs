@@ -3,9 +3,16 @@
 //! A request flows through the modules in this order:
 //!
 //! ```text
-//! listener -> client (read buffer) -> protocol (parse in place) -> route (Route trait)
-//!          -> pool (hash to a server) -> backend (pipelined connection) -> client (reply in order)
+//! listener -> client (read buffer, a reply_queue slot) -> protocol (parse in place)
+//!          -> route (Route trait) -> route::pool (placement: hash to a server)
+//!          -> backend (pipelined connection, meta codec) -> reply_queue (slot filled)
+//!          -> client (ready replies written in order)
 //! ```
+//!
+//! The modules are layered, each importing only those below it: counters ([`stats`]),
+//! [`socket`], [`protocol`], [`reply_queue`], [`placement`], [`config`], [`plan`],
+//! [`backend`], [`route`], [`invalidation`], [`admin`], [`client`] and [`listener`],
+//! [`worker`] (router/README.md, "Layout").
 //!
 //! Every worker thread owns a current-thread tokio runtime, its own listening socket
 //! (`SO_REUSEPORT`), its client connections and its own backend connections, so a request

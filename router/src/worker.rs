@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::health::Watch;
-use crate::backend::{BackendConn, Timeouts};
+use crate::backend::BackendConn;
 use crate::client::ClientCtx;
+use crate::config::Timeouts;
 use crate::plan::Process;
-use crate::protocol::{Limits, Request};
+use crate::protocol::Request;
 use crate::route::pool::PoolRoute;
 use crate::route::spec::Build;
 use crate::route::{Completion, ErrorRoute, Route, RouteRef};
@@ -65,13 +66,7 @@ impl LiveRoute {
         let generation = self.process.generation.load(Ordering::Acquire);
         let plan = self.process.plan();
         let cfg = &plan.config;
-        let timeouts = Timeouts {
-            connect: cfg.timeouts.connect,
-            read: cfg.timeouts.read,
-            backoff_min: cfg.timeouts.backoff_min,
-            backoff_max: cfg.timeouts.backoff_max,
-            max_queue: cfg.limits.max_backend_queue,
-        };
+        let timeouts = cfg.timeouts;
         let mut used = Vec::new();
         for r in &plan.routes {
             r.pools(&mut used);
@@ -103,7 +98,7 @@ impl LiveRoute {
                             let conn = BackendConn::new(
                                 stats.clone(),
                                 self.stats.clone(),
-                                timeouts.max_queue,
+                                cfg.limits.max_backend_queue,
                             );
                             let task =
                                 tokio::task::spawn_local(conn.clone().run(server.addr, timeouts))
@@ -212,13 +207,7 @@ pub fn run(
             root,
             stats: stats.clone(),
             process: process.clone(),
-            limits: Limits {
-                max_value: cfg.limits.max_item_size,
-                max_get_line: cfg.limits.max_get_line,
-            },
-            max_pending: cfg.limits.max_pending_per_client,
-            max_output: cfg.limits.max_client_output,
-            max_buffered: cfg.limits.max_buffered_output,
+            limits: cfg.limits,
         };
         let mut accepts = Vec::new();
         // `listeners` are bound in `cfg.listen` order.

@@ -29,6 +29,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::codec::{self, Expect, Took};
+use crate::config::Timeouts;
 use crate::protocol::reply::Reply;
 use crate::protocol::Request;
 use crate::stats::{ServerStats, WorkerStats};
@@ -37,17 +38,6 @@ use crate::stats::{ServerStats, WorkerStats};
 /// one; the backend only needs to hand it the reply, so it does not depend on routes.
 pub trait Done {
     fn done(self, reply: Reply);
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    pub connect: Duration,
-    /// Longest wait for the oldest outstanding reply.
-    pub read: Duration,
-    pub backoff_min: Duration,
-    pub backoff_max: Duration,
-    /// Most requests queued on one connection; more fail with `SERVER_ERROR`.
-    pub max_queue: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

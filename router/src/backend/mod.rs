@@ -5,4 +5,4 @@ pub mod codec;
 pub mod connection;
 pub mod health;
 
-pub use connection::{BackendConn, Timeouts};
+pub use connection::BackendConn;

@@ -7,6 +7,7 @@
 
 use std::time::Duration;
 
+use marker::memcache::{self, DeleteReply, StoreReply};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -49,10 +50,6 @@ impl Deleter {
             holdoff_secs,
             conn: Mutex::new(None),
         }
-    }
-
-    pub fn server(&self) -> &str {
-        &self.server
     }
 
     /// Deletes every key, pipelined, and returns once each got `DELETED` or `NOT_FOUND`
@@ -154,11 +151,7 @@ impl Deleter {
         for key in keys {
             match self.holdoff_secs {
                 Some(secs) => marker::holdoff::tombstone_command(key, secs, &mut out),
-                None => {
-                    out.extend_from_slice(b"delete ");
-                    out.extend_from_slice(key);
-                    out.extend_from_slice(b"\r\n");
-                }
+                None => memcache::delete(key, &mut out),
             }
         }
         stream.get_mut().write_all(&out).await.map_err(io)?;
@@ -169,15 +162,16 @@ impl Deleter {
             if n == 0 {
                 return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
             }
-            match line.trim_end() {
-                "DELETED" | "NOT_FOUND" if self.holdoff_secs.is_none() => {}
-                "STORED" if self.holdoff_secs.is_some() => {}
-                other => {
-                    return Err(DeleteError::Refused {
-                        server: self.server.clone(),
-                        reply: other.to_string(),
-                    })
-                }
+            let reply = line.trim_end();
+            let applied = match self.holdoff_secs {
+                None => DeleteReply::parse(reply.as_bytes()).is_gone(),
+                Some(_) => StoreReply::parse(reply.as_bytes()) == StoreReply::Stored,
+            };
+            if !applied {
+                return Err(DeleteError::Refused {
+                    server: self.server.clone(),
+                    reply: reply.to_string(),
+                });
             }
         }
         Ok(())

@@ -114,10 +114,6 @@ impl Fanout {
         }
     }
 
-    pub fn spool(&self) -> &Arc<Spool> {
-        &self.spool
-    }
-
     /// Applies every delete of `batch`, concurrently per server. `Ok` means each delete was
     /// applied or durably spooled: the batch may be acknowledged. `Err` (spool full or
     /// failing) means it must not be: the sender retries.

@@ -271,10 +271,6 @@ impl Spool {
         out.sort_by(|a, b| a.server.cmp(&b.server));
         out
     }
-
-    pub fn max_bytes(&self) -> u64 {
-        self.max_bytes
-    }
 }
 
 impl ServerSpool {

@@ -1,11 +1,13 @@
-//! Small encoders and decoders composite routes need: requests built from parsed fields
-//! (a backfill `add`, a `set` with a gutter TTL, a hold-off tombstone, a meta get for a
-//! value's flags and remaining TTL) and the few reply shapes they must read. They work on
-//! the frames the protocol parser produced and never touch the hot path of plain pools.
+//! The item codec of composite routes: requests they build from parsed fields (a backfill
+//! `add`, a `set` with a gutter TTL, a hold-off tombstone, a meta get for a value's flags
+//! and remaining TTL) and the replies they read back into an [`Item`] (the `mg` header and
+//! the lease rule come from `marker::memcache`). They work on the frames the protocol
+//! parser produced and never touch the hot path of plain pools.
 
 use std::borrow::Cow;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use marker::memcache::MetaGet;
 
 use super::reply::Reply;
 use super::{Cmd, KeyedRequest, MetaOp, Op, Request, StoreMode};
@@ -97,7 +99,15 @@ pub fn parse_get(r: &Reply) -> Read {
     })
 }
 
-/// Reads an `mg` reply asked with `v f t` (and maybe `c`): `VA n f.. t.. c..` or `EN`.
+/// The first line of a reply, without its `\r\n`, and where the rest starts.
+fn first_line(d: &[u8]) -> (&[u8], usize) {
+    let nl = memchr::memchr(b'\n', d).unwrap_or(d.len());
+    (d[..nl].strip_suffix(b"\r").unwrap_or(&d[..nl]), nl + 1)
+}
+
+/// Reads an `mg` reply asked with `v f t` (and maybe `c`): `VA n f.. t.. c..` or `EN`. A
+/// lease placeholder or a stale item is a miss (`marker::memcache`'s rule): for a reader
+/// that backfills other layers it is no value to serve or copy.
 pub fn parse_mg(r: &Reply) -> Read {
     let Reply::Data(d) = r else {
         if let Reply::Chunks(_) = r {
@@ -105,61 +115,33 @@ pub fn parse_mg(r: &Reply) -> Read {
         }
         return Read::Failed;
     };
-    if d.starts_with(b"EN") {
-        return Read::Miss;
-    }
-    if !d.starts_with(b"VA ") {
+    if memchr::memchr(b'\n', d).is_none() {
         return Read::Failed;
     }
-    let Some(nl) = memchr::memchr(b'\n', d) else {
-        return Read::Failed;
+    let (line, start) = first_line(d);
+    let v = match MetaGet::parse(line) {
+        Some(MetaGet::Miss) => return Read::Miss,
+        Some(MetaGet::Found(v)) if !v.is_value() => return Read::Miss,
+        Some(MetaGet::Found(v)) => v,
+        None => return Read::Failed,
     };
-    let line = d[..nl].strip_suffix(b"\r").unwrap_or(&d[..nl]);
-    let mut toks = line.split(|&b| b == b' ').filter(|t| !t.is_empty()).skip(1);
-    let Some(len) = toks.next().and_then(num::<usize>) else {
-        return Read::Failed;
-    };
-    let mut item = Item {
-        flags: 0,
-        data: Bytes::new(),
-        cas: None,
-        ttl: None,
-    };
-    for t in toks {
-        match t {
-            // A lease placeholder being filled (W: this reader won, Z: another one did) or
-            // an item marked stale (X) is no value to serve or copy: for a reader that
-            // backfills other layers it is a miss.
-            b"W" | b"Z" | b"X" => return Read::Miss,
-            _ => {}
-        }
-        match t[0] {
-            b'f' => item.flags = num(&t[1..]).unwrap_or(0),
-            b't' => item.ttl = num(&t[1..]),
-            b'c' => item.cas = num(&t[1..]),
-            _ => {}
-        }
-    }
-    let start = nl + 1;
-    if d.len() < start + len {
+    if d.len() < start + v.len {
         return Read::Failed;
     }
-    item.data = d.slice(start..start + len);
-    Read::Hit(item)
+    Read::Hit(Item {
+        flags: v.flags.unwrap_or(0),
+        data: d.slice(start..start + v.len),
+        cas: v.cas,
+        ttl: v.ttl,
+    })
 }
 
 /// True when an `mg` reply is a hold-off tombstone (only visible if `f` was asked).
 pub fn mg_is_tombstone(d: &[u8]) -> bool {
-    let line_end = memchr::memchr(b'\n', d).unwrap_or(d.len());
-    let line = d[..line_end].strip_suffix(b"\r").unwrap_or(&d[..line_end]);
-    let toks: Vec<&[u8]> = line
-        .split(|&b| b == b' ')
-        .filter(|t| !t.is_empty())
-        .collect();
-    let flag = format!("f{}", marker::holdoff::TOMBSTONE_FLAGS);
-    toks.first() == Some(&&b"VA"[..])
-        && toks.get(1) == Some(&&b"0"[..])
-        && toks.iter().skip(2).any(|t| *t == flag.as_bytes())
+    matches!(
+        MetaGet::parse(first_line(d).0),
+        Some(MetaGet::Found(v)) if v.flags.is_some_and(|f| marker::holdoff::is_tombstone(f, v.len))
+    )
 }
 
 /// The reply a text `get` (or `gets`, with a CAS) gives for `item`.

@@ -209,7 +209,7 @@ pub fn parse(
         _ => {}
     }
     if let Some(v) = vlen {
-        if v > limits.max_value {
+        if v > limits.max_item_size {
             // memcached unlinks the old item whatever the mode: a value the application
             // tried to replace (or extend) is not served on.
             let delete = match &key {

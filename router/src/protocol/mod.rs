@@ -121,11 +121,6 @@ impl Cmd {
     pub fn index(self) -> usize {
         self as usize
     }
-
-    /// Commands whose replies count as hits or misses.
-    pub fn is_retrieval(self) -> bool {
-        matches!(self, Cmd::Get | Cmd::Gets | Cmd::Gat | Cmd::Gats | Cmd::Mg)
-    }
 }
 
 /// Which replies the client asked not to see. The router never forwards `noreply` or the
@@ -300,11 +295,12 @@ pub enum Parsed {
     Quit,
 }
 
-/// Limits the parser enforces.
-#[derive(Debug, Clone, Copy)]
+/// Limits the parser enforces (`[limits] max_item_size` and `max_get_line`, part of
+/// `crate::config::Limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Largest value accepted; larger ones are refused and drained.
-    pub max_value: usize,
+    pub max_item_size: usize,
     /// Longest `get`/`gets`/`gat`/`gats` line: memcached itself has no bound for
     /// multi-gets, the router bounds what one client can make it buffer.
     pub max_get_line: usize,
@@ -313,7 +309,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_value: 1024 * 1024,
+            max_item_size: 1024 * 1024,
             max_get_line: 16 * 1024 * 1024,
         }
     }

@@ -8,7 +8,7 @@ use super::*;
 
 fn limits() -> Limits {
     Limits {
-        max_value: 4096,
+        max_item_size: 4096,
         max_get_line: 1 << 20,
     }
 }

@@ -232,7 +232,7 @@ fn storage(l: &Line, mode: StoreMode, limits: &Limits) -> Step {
         return l.err(BAD_FORMAT);
     }
     let vlen = vlen as usize;
-    if vlen > limits.max_value {
+    if vlen > limits.max_item_size {
         return Step::Swallow {
             len: l.line_len,
             drain: vlen + 2,

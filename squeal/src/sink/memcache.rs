@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use marker::memcache::{self, DeleteReply};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
@@ -68,12 +69,10 @@ async fn exchange(conn: &mut Conn, req: &[u8], n: usize) -> Result<Replies, Stri
             return Err("connection closed".into());
         }
         let l = line.strip_suffix(b"\r\n").unwrap_or(&line);
-        match l {
-            b"DELETED" | b"NOT_FOUND" => {}
-            _ if l.starts_with(b"CLIENT_ERROR") => {
-                rejected += 1;
-            }
-            _ => return Err(format!("reply {:?}", String::from_utf8_lossy(l))),
+        match DeleteReply::parse(l) {
+            DeleteReply::Deleted | DeleteReply::NotFound => {}
+            DeleteReply::ClientError => rejected += 1,
+            DeleteReply::Other => return Err(format!("reply {:?}", String::from_utf8_lossy(l))),
         }
     }
     Ok(Replies { rejected })
@@ -132,9 +131,7 @@ impl Sink for MemcacheSink {
             }
             let mut req = Vec::with_capacity(batch.bytes());
             for k in batch.keys() {
-                req.extend_from_slice(b"delete ");
-                req.extend_from_slice(k);
-                req.extend_from_slice(b"\r\n");
+                memcache::delete(k, &mut req);
             }
             let req = Arc::new(req);
             let futs = endpoints.iter().map(|ep| {

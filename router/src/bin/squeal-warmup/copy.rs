@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use marker::holdoff;
+use marker::memcache::{self, MetaGet, StoreReply};
 
 /// What happened to each key; the summary adds these up.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -75,40 +76,25 @@ impl Conn {
     pub fn meta_get_all(&mut self, keys: &[&[u8]]) -> Result<Vec<Option<Item>>> {
         let mut out = Vec::new();
         for key in keys {
-            out.extend_from_slice(b"mg ");
-            out.extend_from_slice(key);
-            out.extend_from_slice(b" v t f\r\n");
+            memcache::meta_get(key, "v t f", &mut out);
         }
         self.writer.write_all(&out)?;
         let mut items = Vec::with_capacity(keys.len());
         for _ in keys {
             let line = self.line()?;
-            let mut parts = line.split(' ');
-            match parts.next() {
-                Some("EN") => items.push(None),
-                Some("VA") => {
-                    let len: usize = parts
-                        .next()
-                        .and_then(|l| l.parse().ok())
-                        .with_context(|| format!("bad mg reply {line:?}"))?;
-                    let (mut ttl, mut flags, mut settled) = (-1i64, 0u32, true);
-                    for flag in parts {
-                        if let Some(t) = flag.strip_prefix('t') {
-                            ttl = t.parse().unwrap_or(-1);
-                        } else if let Some(f) = flag.strip_prefix('f') {
-                            flags = f.parse().unwrap_or(0);
-                        } else if matches!(flag, "W" | "Z" | "X") {
-                            // A lease placeholder being filled (W/Z) or an item marked stale
-                            // (X): not a value anyone should copy.
-                            settled = false;
-                        }
-                    }
-                    let mut value = vec![0; len + 2];
+            match MetaGet::parse(line.as_bytes()) {
+                Some(MetaGet::Miss) => items.push(None),
+                Some(MetaGet::Found(v)) => {
+                    let mut value = vec![0; v.len + 2];
                     self.reader.read_exact(&mut value)?;
-                    value.truncate(len);
-                    items.push(settled.then_some((value, ttl, flags)));
+                    value.truncate(v.len);
+                    // A lease placeholder or a stale item: not a value anyone should copy.
+                    items.push(
+                        v.is_value()
+                            .then(|| (value, v.ttl.unwrap_or(-1), v.flags.unwrap_or(0))),
+                    );
                 }
-                _ => bail!("{} answered {line:?} to mg", self.addr),
+                None => bail!("{} answered {line:?} to mg", self.addr),
             }
         }
         Ok(items)
@@ -118,21 +104,18 @@ impl Conn {
     pub fn add_all(&mut self, items: &[(&[u8], &[u8], u32, i64)]) -> Result<Vec<bool>> {
         let mut out = Vec::new();
         for (key, value, flags, ttl) in items {
-            out.extend_from_slice(b"add ");
-            out.extend_from_slice(key);
-            out.extend_from_slice(
-                format!(" {flags} {} {}\r\n", ttl.max(&0), value.len()).as_bytes(),
-            );
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
+            memcache::add(key, *flags, (*ttl).max(0), value, &mut out);
         }
         self.writer.write_all(&out)?;
         items
             .iter()
-            .map(|_| match self.line()?.as_str() {
-                "STORED" => Ok(true),
-                "NOT_STORED" | "EXISTS" => Ok(false),
-                other => bail!("{} answered {other:?} to add", self.addr),
+            .map(|_| {
+                let line = self.line()?;
+                match StoreReply::parse(line.as_bytes()) {
+                    StoreReply::Stored => Ok(true),
+                    StoreReply::NotStored | StoreReply::Exists => Ok(false),
+                    StoreReply::Other => bail!("{} answered {line:?} to add", self.addr),
+                }
             })
             .collect()
     }
