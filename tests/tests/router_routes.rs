@@ -426,7 +426,8 @@ fn route_config_errors_name_the_line() {
             "refers to itself",
         ),
         (
-            "[route]\ntype = \"failover\"\nchildren = [\"main\"]\ngutter_ttl = 0\n",
+            // (0 is accepted: no cap, as mcrouter's plain FailoverRoute)
+            "[route]\ntype = \"failover\"\nchildren = [\"main\"]\ngutter_ttl = -1\n",
             5,
             "gutter_ttl must be",
         ),
