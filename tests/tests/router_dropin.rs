@@ -213,3 +213,62 @@ fn an_mcrouter_config_converts_and_routes() {
     }
     assert_eq!(c.get("k7").unwrap().as_deref(), Some(&b"v"[..]));
 }
+
+/// `auto_eject_hosts: true`: once a server of the pool fails `server_failure_limit` times in
+/// a row, its keys are served by the other servers (as nutcracker does), and the rehashes
+/// are counted; the other servers' keys stay where they are.
+#[test]
+fn auto_eject_hosts_moves_a_dead_servers_keys_to_the_rest() {
+    let mut m = Memcached::start_many(5).unwrap();
+    let (alpha, beta) = (free_port(), free_port());
+    let dir = server_dir("dropin").unwrap();
+    let conf = dir.path().join("nutcracker.yml");
+    std::fs::write(&conf, yml(&m, alpha, beta)).unwrap();
+    let router = Router::start_file(&conf, alpha).unwrap();
+    let mut c = McClient::connect(&format!("127.0.0.1:{alpha}")).unwrap();
+    let keys = keys("alpha");
+    for k in &keys {
+        c.set(k, b"before").unwrap();
+    }
+    // Which keys live on cache-a (m[0]).
+    let mut a = McClient::connect(&m[0].addr()).unwrap();
+    let on_a: Vec<&String> = keys
+        .iter()
+        .filter(|k| a.get(k).unwrap().is_some())
+        .collect();
+    assert!(!on_a.is_empty() && on_a.len() < keys.len());
+    drop(a);
+    m[0].kill();
+
+    // Failures until the limit (3), then the key is served by cache-b.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let k = on_a[0];
+    loop {
+        c.send(format!("set {k} 0 0 5\r\nafter\r\n").as_bytes())
+            .unwrap();
+        if c.line().unwrap() == "STORED" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ejected");
+    }
+    for k in &on_a {
+        c.set(k, b"after").unwrap();
+        assert_eq!(c.get(k).unwrap().as_deref(), Some(&b"after"[..]), "{k}");
+    }
+    // The live server's keys did not move: they still read their first value.
+    let mut b = McClient::connect(&m[1].addr()).unwrap();
+    for k in keys.iter().filter(|k| !on_a.contains(k)) {
+        assert_eq!(
+            b.get(k).unwrap().as_deref(),
+            Some(&b"before"[..]),
+            "{k} moved"
+        );
+    }
+    let stats = router.stats().unwrap();
+    let rehashes: usize = stats
+        .iter()
+        .find(|(k, _)| k == "route_eject_rehashes")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap();
+    assert!(rehashes >= on_a.len(), "{rehashes} rehashes counted");
+}

@@ -350,3 +350,53 @@ impl Fanout {
         metrics::gauge!("squeal_router_spool_pending_bytes").set(bytes as f64);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::hash::HashFn;
+
+    fn target(ejecting: bool) -> Target {
+        let names: Vec<(String, u32)> = (0..3).map(|i| (format!("s{i}"), 1)).collect();
+        let mut placement = Placement::new(HashFn::Md5, "ketama", &names);
+        if ejecting {
+            placement = placement.ejecting("ketama", names);
+        }
+        Target {
+            name: "p".into(),
+            without: Target::ejections(&placement, 3),
+            placement: Arc::new(placement),
+            servers: (0..3).map(|i| format!("127.0.0.1:{}", 11211 + i)).collect(),
+            holdoff_secs: None,
+        }
+    }
+
+    /// A key of an ejecting pool is deleted on its server and on the one it moves to while
+    /// that server is ejected; a plain pool deletes on the owner only.
+    #[test]
+    fn ejecting_pools_delete_where_an_ejected_servers_keys_move() {
+        let (plain, ejecting) = (target(false), target(true));
+        let mut out = Vec::new();
+        for i in 0..200 {
+            let key = format!("k{i}");
+            out.clear();
+            plain.servers_for(key.as_bytes(), &mut out);
+            assert_eq!(out.len(), 1);
+            let owner = out[0].clone();
+            out.clear();
+            ejecting.servers_for(key.as_bytes(), &mut out);
+            assert_eq!(out.len(), 2, "{key}: {out:?}");
+            assert_eq!(out[0], owner);
+            assert_ne!(out[1], owner, "the fallback is another server");
+            // The fallback is where the data path sends the key with the owner out.
+            let o = ejecting.servers.iter().position(|s| *s == owner).unwrap();
+            let mut down = vec![false; 3];
+            down[o] = true;
+            let (rest, index) = ejecting.placement.without(&down).unwrap();
+            assert_eq!(
+                out[1],
+                ejecting.servers[index[rest.server_for(key.as_bytes())]]
+            );
+        }
+    }
+}
