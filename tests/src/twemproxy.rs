@@ -43,7 +43,6 @@ impl Twemproxy {
     pub fn start(pool: &TwemproxyPool) -> Result<Twemproxy> {
         setup();
         let port = free_port();
-        let stats_port = free_port();
         let dir = server_dir("twemproxy")?;
         let mut conf = String::new();
         writeln!(conf, "squeal:")?;
@@ -63,30 +62,19 @@ impl Twemproxy {
         }
         let conf_path = dir.path().join("nutcracker.yml");
         std::fs::write(&conf_path, conf)?;
-        let mut cmd = Command::new("nutcracker");
-        cmd.arg("-c")
-            .arg(&conf_path)
-            .args(["-s", &stats_port.to_string(), "-a", "127.0.0.1"])
-            .arg("-o")
-            .arg(dir.path().join("nutcracker.out"))
-            .arg("-p")
-            .arg(dir.path().join("nutcracker.pid"));
-        let server = Server::spawn(
-            "twemproxy",
-            dir,
-            cmd,
-            loopback(port),
-            Duration::from_secs(10),
-        )?;
-        Ok(Twemproxy { server, stats_port })
+        Twemproxy::spawn(&conf_path, port, dir)
     }
 
     /// Runs nutcracker on a `nutcracker.yml` the caller wrote (as an operator's, possibly
     /// with several pools); `first_listen` is the port of a pool's `listen`, waited for.
     pub fn start_file(conf: &std::path::Path, first_listen: u16) -> Result<Twemproxy> {
         setup();
+        Twemproxy::spawn(conf, first_listen, server_dir("twemproxy")?)
+    }
+
+    /// nutcracker on `conf`, working (logs, pid file) in `dir`, up once `listen` accepts.
+    fn spawn(conf: &std::path::Path, listen: u16, dir: tempfile::TempDir) -> Result<Twemproxy> {
         let stats_port = free_port();
-        let dir = server_dir("twemproxy")?;
         let mut cmd = Command::new("nutcracker");
         cmd.arg("-c")
             .arg(conf)
@@ -99,7 +87,7 @@ impl Twemproxy {
             "twemproxy",
             dir,
             cmd,
-            loopback(first_listen),
+            loopback(listen),
             Duration::from_secs(10),
         )?;
         Ok(Twemproxy { server, stats_port })
