@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::source::process::Position;
+use crate::model::Position;
 
 /// What the checkpoint file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod extract;
 pub mod metrics;
+pub mod model;
 pub mod ratelimit;
 pub mod run;
 pub mod sink;

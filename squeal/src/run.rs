@@ -16,9 +16,10 @@ use tokio::sync::{mpsc, watch};
 use crate::batch::Batcher;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, OnMissing, StartAt};
+use crate::model::Position;
 use crate::sink::{self, Acked};
 use crate::source::live::{self, InfoSchema};
-use crate::source::process::{Position, ProcessError, Processor, Stats};
+use crate::source::process::{ProcessError, Processor, Stats};
 
 /// How a run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

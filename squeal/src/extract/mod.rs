@@ -8,4 +8,3 @@ pub mod cascade;
 pub mod ddl;
 pub mod outbox;
 pub mod rules;
-pub mod transaction;

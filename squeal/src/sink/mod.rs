@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::batch::Batch;
 use crate::config::SinkConfig;
-use crate::source::process::Position;
+use crate::model::Position;
 
 /// A sink's failure to deliver a batch (the dispatcher retries).
 #[derive(Debug, thiserror::Error)]

@@ -8,9 +8,9 @@ use anyhow::Context;
 use mysql_async::prelude::*;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 
-use super::process::Position;
 use super::schema::{ColumnInfo, SchemaLookup};
 use crate::config::SourceConfig;
+use crate::model::Position;
 
 /// The server is set up in a way squeal refuses to work with: retrying cannot help.
 #[derive(Debug, thiserror::Error)]

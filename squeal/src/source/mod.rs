@@ -14,7 +14,8 @@ use mysql_common::binlog::consts::{BinlogVersion, EventType};
 use mysql_common::binlog::events::TransactionPayloadEvent;
 use mysql_common::binlog::EventStreamReader;
 
-use process::{Committed, ProcessError, Processor};
+use crate::model::Committed;
+use process::{ProcessError, Processor};
 
 /// Why a binlog file could not be read to its end.
 #[derive(Debug, thiserror::Error)]

@@ -17,33 +17,8 @@ use super::schema::{plan, PlanContext, SchemaLookup, TablePlan};
 use super::text::{append_part, format, NoText, Zone};
 use crate::config::{ExtractConfig, OnMissingColumn, OnTableReset};
 use crate::extract::rules::{BoundPart, Rule};
-use crate::extract::transaction::TxnKeys;
-
-/// A binlog position: file and byte offset of the next event.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Position {
-    pub file: String,
-    pub pos: u64,
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file, self.pos)
-    }
-}
-
-/// A committed transaction: its keys and where the stream stands after its commit.
-pub struct Committed {
-    pub keys: TxnKeys,
-    pub pos: Position,
-    /// GTID of the transaction when the stream carries it (MySQL `uuid:n`, MariaDB `d-s-n`).
-    pub gtid: Option<String>,
-    /// Server timestamp of the commit event (seconds since the epoch).
-    pub commit_ts: u32,
-    /// Every target must be flushed once this transaction's keys (and everything before
-    /// them) are delivered, before anything after it (a table reset, on_table_reset=flush).
-    pub flush: bool,
-}
+use crate::model::transaction::TxnKeys;
+use crate::model::{Committed, Position};
 
 /// Counters the processor keeps (exported as metrics by the caller).
 #[derive(Debug, Default, Clone)]
