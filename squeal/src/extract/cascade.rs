@@ -9,7 +9,8 @@
 //! parent's before and after images. This module finds the foreign keys that need one and
 //! tells whether the parent's rule has such a template.
 
-use crate::extract::rules::{Part, Rule, Template};
+use crate::config::template::{Part, Template};
+use crate::extract::rules::Rule;
 
 /// One foreign key with a cascading action.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -18,7 +18,7 @@ use mysql_common::constants::ColumnType;
 use mysql_common::io::ParseBuf;
 
 use super::decode::{ty, ColSpec};
-use crate::extract::rules::Filter;
+use crate::config::template::Filter;
 
 /// Character sets squeal transcodes to UTF-8 (what a utf8mb4 connection receives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

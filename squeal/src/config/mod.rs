@@ -1,6 +1,8 @@
 //! squeal's TOML configuration: one section per stage of the data flow, each validated
 //! before anything starts (a bad config refuses to start and says where).
 
+pub mod template;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -414,7 +416,7 @@ impl Config {
                 bail!("[[extract.rule]] #{}: keys is empty", i + 1);
             }
             for k in &r.keys {
-                crate::extract::rules::Template::parse(k)
+                template::Template::parse(k)
                     .map_err(|e| anyhow::anyhow!("[[extract.rule]] #{} key {k:?}: {e}", i + 1))?;
             }
         }
@@ -430,7 +432,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../deploy/squeal.toml");
+    const EXAMPLE: &str = include_str!("../../../deploy/squeal.toml");
 
     #[test]
     fn example_config_parses() {
