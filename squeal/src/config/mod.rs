@@ -292,10 +292,8 @@ impl AuthConfig {
             .map_err(|e| anyhow::anyhow!("router or kafka sink: {e}"))
     }
 
-    pub fn markers(&self) -> crate::sink::router::MarkerPrefix {
-        crate::sink::router::MarkerPrefix(
-            (!self.marker_prefix.is_empty()).then(|| self.marker_prefix.clone()),
-        )
+    pub fn markers(&self) -> marker::remote::MarkerPrefix {
+        marker::remote::MarkerPrefix::new(&self.marker_prefix)
     }
 }
 
