@@ -16,10 +16,11 @@ use tokio::sync::{mpsc, watch};
 use crate::batch::Batcher;
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{Config, OnMissing, StartAt};
+use crate::extract::cascade;
+use crate::extract::process::{ProcessError, Processor, Stats};
 use crate::model::Position;
 use crate::sink::{self, Acked};
 use crate::source::live::{self, InfoSchema};
-use crate::source::process::{ProcessError, Processor, Stats};
 
 /// How a run ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +125,7 @@ async fn start_position(cfg: &Config) -> anyhow::Result<Option<(Position, Option
     Ok(Some((pos, None)))
 }
 
-/// The cascade check ([`live::warn_cascades`]) on its own connection; a failure is logged,
+/// The cascade check ([`cascade::warn_cascades`]) on its own connection; a failure is logged,
 /// never fatal (squeal works without it, only the warning is missing).
 async fn check_cascades(cfg: Config) {
     let rules: Vec<crate::extract::rules::Rule> = cfg
@@ -135,7 +136,7 @@ async fn check_cascades(cfg: Config) {
         .collect();
     let r = async {
         let mut conn = mysql_async::Conn::new(live::opts(&cfg.source)?).await?;
-        live::warn_cascades(&mut conn, &rules).await?;
+        cascade::warn_cascades(&mut conn, &rules).await?;
         let _ = conn.disconnect().await;
         anyhow::Ok(())
     }

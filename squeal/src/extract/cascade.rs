@@ -11,20 +11,8 @@
 
 use crate::config::template::{Part, Template};
 use crate::extract::rules::Rule;
-
-/// One foreign key with a cascading action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cascade {
-    pub name: String,
-    pub child_db: String,
-    pub child_table: String,
-    pub child_columns: Vec<String>,
-    pub parent_db: String,
-    pub parent_table: String,
-    pub parent_columns: Vec<String>,
-    /// e.g. `ON DELETE CASCADE, ON UPDATE SET NULL`.
-    pub actions: String,
-}
+use crate::source::live;
+use crate::source::schema::Cascade;
 
 /// What to say about one cascade whose child table has a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +107,29 @@ impl Finding {
             p0 = c.parent_columns.first().map(String::as_str).unwrap_or(""),
         )
     }
+}
+
+/// Looks for cascading foreign keys whose child table has a rule and warns (and counts,
+/// `squeal_fk_cascades_uncovered{parent,child}`) about each one whose child keys no parent
+/// rule covers. Run at start and after DDL. Returns the findings (for `--check`).
+pub async fn warn_cascades(
+    conn: &mut mysql_async::Conn,
+    rules: &[Rule],
+) -> anyhow::Result<Vec<Finding>> {
+    let found = findings(&live::fk_cascades(conn).await?, rules);
+    for f in &found {
+        let c = &f.cascade;
+        let parent = format!("{}.{}", c.parent_db, c.parent_table);
+        let child = format!("{}.{}", c.child_db, c.child_table);
+        metrics::gauge!("squeal_fk_cascades_uncovered", "parent" => parent.clone(), "child" => child.clone())
+            .set(f.uncovered.len() as f64);
+        if f.uncovered.is_empty() {
+            tracing::info!(%parent, %child, covered = ?f.covered, "foreign-key cascade covered by the parent's rule");
+        } else {
+            tracing::warn!(%parent, %child, "{}", f.message());
+        }
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

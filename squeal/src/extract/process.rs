@@ -1,6 +1,6 @@
-//! The synchronous core of the source: binlog events in, committed transactions (their
-//! deduplicated keys and the position after their commit) out. The live stream and the
-//! file reader both feed it, so the fixture tests run the code production runs.
+//! The processor, the synchronous core of extraction: binlog events in, committed
+//! transactions (their deduplicated keys and the position after their commit) out. The live
+//! stream and the file reader both feed it, so the fixture tests run the code production runs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,14 +11,16 @@ use mysql_common::binlog::events::{
     TableMapEvent,
 };
 
-use super::decode::{lenenc, read_image};
-use super::mariadb;
-use super::schema::{plan, PlanContext, SchemaLookup, TablePlan};
-use super::text::{append_part, format, NoText, Zone};
+use super::plan::{plan, PlanContext, TablePlan};
+use super::rules::{BoundPart, Rule};
+use super::text::{append_part, format, NoText};
 use crate::config::{ExtractConfig, OnMissingColumn, OnTableReset};
-use crate::extract::rules::{BoundPart, Rule};
 use crate::model::transaction::TxnKeys;
 use crate::model::{Committed, Position};
+use crate::source::decode::{lenenc, read_image};
+use crate::source::mariadb;
+use crate::source::schema::SchemaLookup;
+use crate::source::zone::Zone;
 
 /// Counters the processor keeps (exported as metrics by the caller).
 #[derive(Debug, Default, Clone)]
@@ -423,7 +425,7 @@ impl Processor {
     /// the rows it removes. Stops with an error (default; the position stays before the
     /// statement) or marks the statement's commit to flush every target (`flush`).
     fn table_resets(&mut self, sql: &[u8], schema: &str) -> Result<(), ProcessError> {
-        let resets = crate::extract::ddl::reset_tables(sql, schema);
+        let resets = super::ddl::reset_tables(sql, schema);
         let hit: Vec<String> = resets
             .iter()
             .filter(|r| {
@@ -577,7 +579,7 @@ impl Processor {
         while p < rows_data.len() {
             let mut sa = std::mem::take(&mut self.slots_a);
             let mut sb = std::mem::take(&mut self.slots_b);
-            let r = (|| -> Result<(), super::decode::DecodeError> {
+            let r = (|| -> Result<(), crate::source::decode::DecodeError> {
                 read_image(rows_data, &mut p, &plan.cols, bm1, None, &mut sa)?;
                 if is_update {
                     read_image(rows_data, &mut p, &plan.cols, bm2, partial, &mut sb)?;
