@@ -10,6 +10,7 @@
 //! tells whether the parent's rule has such a template.
 
 use crate::config::template::{Part, Template};
+use crate::config::Config;
 use crate::extract::rules::Rule;
 use crate::source::live;
 use crate::source::schema::Cascade;
@@ -130,6 +131,28 @@ pub async fn warn_cascades(
         }
     }
     Ok(found)
+}
+
+/// The cascade check ([`warn_cascades`]) on its own connection; a failure is logged,
+/// never fatal (squeal works without it, only the warning is missing).
+pub async fn check_cascades(cfg: Config) {
+    let rules: Vec<Rule> = cfg
+        .extract
+        .rules
+        .iter()
+        .filter_map(|r| Rule::new(r).ok())
+        .collect();
+    let r = async {
+        let mut conn = mysql_async::Conn::new(live::opts(&cfg.source)?).await?;
+        warn_cascades(&mut conn, &rules).await?;
+        let _ = conn.disconnect().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        metrics::counter!("squeal_fk_check_errors_total").increment(1);
+        tracing::warn!(error = %format!("{e:#}"), "could not look for foreign-key cascades");
+    }
 }
 
 #[cfg(test)]

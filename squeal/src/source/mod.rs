@@ -5,6 +5,7 @@
 //! stage's (`extract::process`).
 
 pub mod decode;
+pub mod lag;
 pub mod live;
 pub mod mariadb;
 pub mod schema;
