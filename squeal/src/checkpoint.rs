@@ -1,16 +1,16 @@
 //! The checkpoint: the binlog position (file:pos, and the GTID position when known) up to
 //! which every key has been acknowledged by every sink. Written atomically: to a temporary
-//! file, fsynced, renamed over the old one, and the directory fsynced. After a crash squeal
-//! resumes there and re-sends what followed (at least once, never a skip).
+//! file, fsynced, renamed over the old one, and the directory fsynced (`marker::durable`).
+//! After a crash squeal resumes there and re-sends what followed (at least once, never a
+//! skip). Here too: where a run starts ([`start_position`]) and the task that writes the
+//! acknowledged position ([`checkpointer`]).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use anyhow::{bail, Context};
 use mysql_async::prelude::*;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::{Config, OnMissing, StartAt};
@@ -53,28 +53,11 @@ pub fn load(path: &Path) -> anyhow::Result<Option<Checkpoint>> {
     }
 }
 
-/// Writes the checkpoint atomically (write, fsync, rename, fsync the directory).
+/// Writes the checkpoint atomically and durably (`marker::durable`: write, fsync, rename,
+/// fsync the directory).
 pub fn store(path: &Path, cp: &Checkpoint) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "checkpoint".into())
-    ));
     let text = toml::to_string(cp).map_err(std::io::Error::other)?;
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(&dir)?.sync_all()?;
-    Ok(())
+    marker::durable::write_atomically(path, text.as_bytes())
 }
 
 /// Chooses where to start: the checkpoint, or (without one) `start`, which is then written
