@@ -134,6 +134,52 @@ pub fn plan(
 ) -> TablePlan {
     let db = tme.database_name().into_owned();
     let table = tme.table_name().into_owned();
+    let mut cols = column_specs(tme);
+    let json_cols = cols.iter().filter(|c| c.ty == ty::JSON).count();
+    let mut m = table_map_metadata(tme, &mut cols, ctx);
+    let matching: Vec<&Rule> = rules.iter().filter(|r| r.matches(&db, &table)).collect();
+    let outbox_col = outboxes
+        .iter()
+        .find(|(d, t, _)| (d == "*" || *d == db) && (t == "*" || *t == table))
+        .map(|(_, _, c)| c.clone());
+    let mut problem = None;
+    if !matching.is_empty() || outbox_col.is_some() {
+        problem = add_schema(&db, &table, &mut cols, &mut m, schema);
+    }
+    let text: Vec<TextForm> = cols
+        .iter()
+        .zip(&m.meta)
+        .map(|(c, meta)| TextForm::of(c, meta, &ctx.zone))
+        .collect();
+    let mut templates = Vec::new();
+    let mut outbox = None;
+    if let Some(names) = &m.names {
+        let where_ = format!("{db}.{table}");
+        if let Some(p) = bind_templates(&where_, &matching, names, &text, &mut templates) {
+            problem = Some(p);
+        }
+        if let Some(c) = outbox_col {
+            outbox = names.iter().position(|n| n.eq_ignore_ascii_case(&c));
+            if outbox.is_none() {
+                problem = Some(format!("{db}.{table}: outbox column {c:?} not found"));
+            }
+        }
+    }
+    TablePlan {
+        db,
+        table,
+        cols,
+        text,
+        names: m.names,
+        templates,
+        outbox,
+        json_cols,
+        problem,
+    }
+}
+
+/// The layout of each column as the table map gives it (type and metadata bytes).
+fn column_specs(tme: &TableMapEvent<'_>) -> Vec<ColSpec> {
     let n = tme.columns_count() as usize;
     let mut cols = Vec::with_capacity(n);
     for i in 0..n {
@@ -153,9 +199,27 @@ pub fn plan(
             unsigned: false,
         });
     }
-    let json_cols = cols.iter().filter(|c| c.ty == ty::JSON).count();
+    cols
+}
 
-    // FULL metadata: names and signedness.
+/// What the table map's optional (FULL row) metadata says about the columns.
+struct TableMapMeta {
+    names: Option<Vec<String>>,
+    /// Signedness was given (and set on the numeric columns).
+    signedness: bool,
+    meta: Vec<ColumnMeta>,
+    /// Character sets were given.
+    have_charsets: bool,
+}
+
+/// Reads the FULL row metadata: names, signedness (set on `cols`), character sets and
+/// ENUM/SET labels.
+fn table_map_metadata(
+    tme: &TableMapEvent<'_>,
+    cols: &mut [ColSpec],
+    ctx: &PlanContext,
+) -> TableMapMeta {
+    let n = cols.len();
     let mut names: Option<Vec<String>> = None;
     let mut signedness: Option<Vec<bool>> = None;
     // Character columns (in column order) and ENUM/SET columns, as the charset metadata
@@ -284,118 +348,116 @@ pub fn plan(
             }
         }
     }
+    TableMapMeta {
+        names,
+        signedness: signedness.is_some(),
+        meta,
+        have_charsets,
+    }
+}
 
-    let matching: Vec<&Rule> = rules.iter().filter(|r| r.matches(&db, &table)).collect();
-    let outbox_col = outboxes
-        .iter()
-        .find(|(d, t, _)| (d == "*" || *d == db) && (t == "*" || *t == table))
-        .map(|(_, _, c)| c.clone());
-    let mut problem = None;
-    if (!matching.is_empty() || outbox_col.is_some()) && names.is_none() {
-        match schema.columns(&db, &table) {
-            Ok(Some(info))
-                if info.len() == n
-                    && !info
-                        .iter()
-                        .zip(&cols)
-                        .all(|(i, c)| compatible(c.ty, &i.data_type)) =>
-            {
-                problem = Some(format!(
-                    "{db}.{table}: information_schema column types do not match the binlog \
-                     row (schema changed since?); rules skipped"
-                ))
-            }
-            Ok(Some(info)) if info.len() == n => {
-                if signedness.is_none() {
-                    for (c, i) in cols.iter_mut().zip(&info) {
-                        c.unsigned = i.unsigned;
-                    }
-                }
-                for (m, i) in meta.iter_mut().zip(&info) {
-                    merge(m, i.meta(), have_charsets);
-                }
-                names = Some(info.into_iter().map(|i| i.name).collect());
-            }
-            Ok(Some(info)) => {
-                problem = Some(format!(
-                    "{db}.{table}: the binlog row has {n} columns, information_schema {} \
-                     (schema changed since?); rules skipped",
-                    info.len()
-                ))
-            }
-            Ok(None) => {
-                problem = Some(format!(
-                    "{db}.{table}: no column names (no FULL row metadata, table unknown to \
-                     information_schema); rules skipped"
-                ))
-            }
-            Err(e) => problem = Some(format!("{db}.{table}: schema lookup failed: {e}")),
-        }
-    } else if !matching.is_empty() || outbox_col.is_some() {
+/// Looks the table up in information_schema for what the table map could not say: names
+/// (without FULL metadata, refused when count or types disagree with the row), signedness,
+/// and the details a table map never carries (UUID/INET6 behind BINARY(16), FLOAT(M,D),
+/// ZEROFILL). Returns why rules cannot be bound, if they cannot.
+fn add_schema(
+    db: &str,
+    table: &str,
+    cols: &mut [ColSpec],
+    m: &mut TableMapMeta,
+    schema: &mut dyn SchemaLookup,
+) -> Option<String> {
+    let n = cols.len();
+    if let Some(names) = &m.names {
         // FULL metadata named the columns; information_schema still tells what the table
-        // map cannot (UUID/INET6 behind BINARY(16), FLOAT(M,D), ZEROFILL), matched by name.
-        if let (Some(names), Ok(Some(info))) = (&names, schema.columns(&db, &table)) {
+        // map cannot, matched by name.
+        if let Ok(Some(info)) = schema.columns(db, table) {
             for (i, name) in names.iter().enumerate() {
                 if let Some(ci) = info.iter().find(|c| c.name.eq_ignore_ascii_case(name)) {
                     if compatible(cols[i].ty, &ci.data_type) {
-                        merge(&mut meta[i], ci.meta(), have_charsets);
+                        merge(&mut m.meta[i], ci.meta(), m.have_charsets);
                     }
                 }
             }
         }
+        return None;
     }
-    let text: Vec<TextForm> = cols
-        .iter()
-        .zip(&meta)
-        .map(|(c, m)| TextForm::of(c, m, &ctx.zone))
-        .collect();
-    let mut templates = Vec::new();
-    let mut outbox = None;
-    if let Some(names) = &names {
-        for r in &matching {
-            for t in &r.templates {
-                match bind(t, names) {
-                    Some(b) => {
-                        for part in &b {
-                            if let BoundPart::Col(c, _) = part {
-                                if let Some(why) = text[*c].problem() {
-                                    problem = Some(format!(
-                                        "{db}.{table}: template {:?}: column {} cannot make a \
-                                         key: {why}",
-                                        t.source, names[*c]
-                                    ));
-                                }
+    match schema.columns(db, table) {
+        Ok(Some(info))
+            if info.len() == n
+                && !info
+                    .iter()
+                    .zip(cols.iter())
+                    .all(|(i, c)| compatible(c.ty, &i.data_type)) =>
+        {
+            Some(format!(
+                "{db}.{table}: information_schema column types do not match the binlog \
+                 row (schema changed since?); rules skipped"
+            ))
+        }
+        Ok(Some(info)) if info.len() == n => {
+            if !m.signedness {
+                for (c, i) in cols.iter_mut().zip(&info) {
+                    c.unsigned = i.unsigned;
+                }
+            }
+            for (meta, i) in m.meta.iter_mut().zip(&info) {
+                merge(meta, i.meta(), m.have_charsets);
+            }
+            m.names = Some(info.into_iter().map(|i| i.name).collect());
+            None
+        }
+        Ok(Some(info)) => Some(format!(
+            "{db}.{table}: the binlog row has {n} columns, information_schema {} \
+             (schema changed since?); rules skipped",
+            info.len()
+        )),
+        Ok(None) => Some(format!(
+            "{db}.{table}: no column names (no FULL row metadata, table unknown to \
+             information_schema); rules skipped"
+        )),
+        Err(e) => Some(format!("{db}.{table}: schema lookup failed: {e}")),
+    }
+}
+
+/// Binds every template of the `matching` rules to the column `names` (into
+/// `templates`). Returns the last problem: a template naming a column the table lacks, or
+/// one using a column that cannot make a key.
+fn bind_templates(
+    table: &str,
+    matching: &[&Rule],
+    names: &[String],
+    text: &[TextForm],
+    templates: &mut Vec<Vec<BoundPart>>,
+) -> Option<String> {
+    let mut problem = None;
+    for r in matching {
+        for t in &r.templates {
+            match bind(t, names) {
+                Some(b) => {
+                    for part in &b {
+                        if let BoundPart::Col(c, _) = part {
+                            if let Some(why) = text[*c].problem() {
+                                problem = Some(format!(
+                                    "{table}: template {:?}: column {} cannot make a key: \
+                                     {why}",
+                                    t.source, names[*c]
+                                ));
                             }
                         }
-                        templates.push(b)
                     }
-                    None => {
-                        problem = Some(format!(
-                            "{db}.{table}: template {:?} names a column the table lacks",
-                            t.source
-                        ))
-                    }
+                    templates.push(b)
+                }
+                None => {
+                    problem = Some(format!(
+                        "{table}: template {:?} names a column the table lacks",
+                        t.source
+                    ))
                 }
             }
         }
-        if let Some(c) = outbox_col {
-            outbox = names.iter().position(|n| n.eq_ignore_ascii_case(&c));
-            if outbox.is_none() {
-                problem = Some(format!("{db}.{table}: outbox column {c:?} not found"));
-            }
-        }
     }
-    TablePlan {
-        db,
-        table,
-        cols,
-        text,
-        names,
-        templates,
-        outbox,
-        json_cols,
-        problem,
-    }
+    problem
 }
 
 /// Adds what information_schema knows to what the table map said: its character set only
