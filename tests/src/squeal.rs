@@ -203,3 +203,13 @@ pub fn expect_invalidated(
     }
     Ok(())
 }
+
+/// The keys of transaction `t` of the fault tests' `app.items` workload (rule
+/// `item:{id}`, `item_group:{grp}`): it writes rows 2t and 2t+1 of group t.
+pub fn keys_of(t: u32) -> [String; 3] {
+    [
+        format!("item:{}", 2 * t),
+        format!("item:{}", 2 * t + 1),
+        format!("item_group:{t}"),
+    ]
+}

@@ -10,20 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use harness::region::{Region, RegionOptions, SECRET};
-use harness::squeal::Squeal;
+use harness::squeal::{keys_of, Squeal};
 use harness::{Broker, MariaDb, McClient};
 use mysql_async::prelude::*;
 
 const N: u32 = 2000;
-
-/// Transaction `t` updates rows 2t and 2t+1 of group t: three keys.
-fn keys_of(t: u32) -> [String; 3] {
-    [
-        format!("item:{}", 2 * t),
-        format!("item:{}", 2 * t + 1),
-        format!("item_group:{t}"),
-    ]
-}
 
 const RULE: &str = r#"
 [[extract.rule]]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use harness::mariadb::MariaDbOptions;
-use harness::squeal::{config, read_checkpoint, Squeal};
+use harness::squeal::{config, keys_of, read_checkpoint, Squeal};
 use harness::{MariaDb, McClient, Memcached};
 use mysql_async::prelude::*;
 
@@ -32,15 +32,6 @@ async fn db() -> Result<MariaDb> {
     )
     .await?;
     Ok(db)
-}
-
-/// Keys of transaction `t`: it writes rows 2t and 2t+1 of group t.
-fn keys_of(t: u32) -> [String; 3] {
-    [
-        format!("item:{}", 2 * t),
-        format!("item:{}", 2 * t + 1),
-        format!("item_group:{t}"),
-    ]
 }
 
 fn preset(mc: &Memcached, n: u32) -> Result<()> {
