@@ -29,6 +29,15 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// A checkpoint at `p`, without a GTID position.
+    pub fn at(p: &Position) -> Checkpoint {
+        Checkpoint {
+            file: p.file.clone(),
+            pos: p.pos,
+            gtid: None,
+        }
+    }
+
     pub fn position(&self) -> Position {
         Position {
             file: self.file.clone(),
@@ -96,14 +105,7 @@ pub async fn start_position(cfg: &Config) -> anyhow::Result<Option<(Position, Op
                             .map_err(|e| anyhow::anyhow!("{}: {e}", s.name()))?;
                     }
                     let p = live::server_position(&mut conn).await?;
-                    store(
-                        &cfg.checkpoint.path,
-                        &Checkpoint {
-                            file: p.file.clone(),
-                            pos: p.pos,
-                            gtid: None,
-                        },
-                    )?;
+                    store(&cfg.checkpoint.path, &Checkpoint::at(&p))?;
                     p
                 }
             }
@@ -119,15 +121,7 @@ pub async fn start_position(cfg: &Config) -> anyhow::Result<Option<(Position, Op
                     pos: 4,
                 },
             };
-            store(
-                &cfg.checkpoint.path,
-                &Checkpoint {
-                    file: p.file.clone(),
-                    pos: p.pos,
-                    gtid: None,
-                },
-            )
-            .with_context(|| {
+            store(&cfg.checkpoint.path, &Checkpoint::at(&p)).with_context(|| {
                 format!(
                     "writing the first checkpoint {}",
                     cfg.checkpoint.path.display()

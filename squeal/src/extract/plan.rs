@@ -189,15 +189,7 @@ fn column_specs(tme: &TableMapEvent<'_>) -> Vec<ColSpec> {
             _ => 20,
         };
         let meta = tme.get_column_metadata(i).unwrap_or(&[]);
-        let mut m = [0u8; 2];
-        let ml = meta.len().min(2);
-        m[..ml].copy_from_slice(&meta[..ml]);
-        cols.push(ColSpec {
-            ty: t,
-            meta: m,
-            meta_len: ml as u8,
-            unsigned: false,
-        });
+        cols.push(ColSpec::new(t, meta, false));
     }
     cols
 }

@@ -1057,14 +1057,7 @@ mod tests {
     }
 
     fn col(ty: u8, meta: &[u8], unsigned: bool) -> ColSpec {
-        let mut m = [0; 2];
-        m[..meta.len()].copy_from_slice(meta);
-        ColSpec {
-            ty,
-            meta: m,
-            meta_len: meta.len() as u8,
-            unsigned,
-        }
+        ColSpec::new(ty, meta, unsigned)
     }
 
     fn fmt(c: &ColSpec, v: &[u8]) -> String {

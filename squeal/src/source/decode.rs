@@ -100,6 +100,19 @@ fn le(data: &[u8], n: usize) -> u64 {
 }
 
 impl ColSpec {
+    /// A column of type `ty` with the table map's metadata bytes `meta` (at most the
+    /// first two are kept: no type needs more).
+    pub fn new(ty: u8, meta: &[u8], unsigned: bool) -> ColSpec {
+        let mut m = [0u8; 2];
+        let ml = meta.len().min(2);
+        m[..ml].copy_from_slice(&meta[..ml]);
+        ColSpec {
+            ty,
+            meta: m,
+            meta_len: ml as u8,
+            unsigned,
+        }
+    }
     /// The effective type: STRING columns carry ENUM/SET/STRING in their metadata.
     pub fn real_type(&self) -> u8 {
         if self.ty == ty::STRING && self.meta_len == 2 {
@@ -262,14 +275,7 @@ mod tests {
     use super::*;
 
     fn col(ty: u8, meta: &[u8], unsigned: bool) -> ColSpec {
-        let mut m = [0; 2];
-        m[..meta.len()].copy_from_slice(meta);
-        ColSpec {
-            ty,
-            meta: m,
-            meta_len: meta.len() as u8,
-            unsigned,
-        }
+        ColSpec::new(ty, meta, unsigned)
     }
 
     #[test]
