@@ -316,35 +316,53 @@ fn table_map_metadata(
     }
 
     // ENUM/SET labels from the metadata, in their own character set.
-    {
-        let (mut e, mut st) = (enum_labels.into_iter(), set_labels.into_iter());
-        for &c in &enum_cols {
-            let l = if cols[c].real_type() == ty::ENUM {
-                e.next()
-            } else {
-                st.next()
-            };
-            if let Some(l) = l {
-                let cs = enum_charset[c]
-                    .and_then(Charset::from_collation)
-                    .unwrap_or(Charset::Utf8);
-                let l = l
-                    .iter()
-                    .map(|x| {
-                        let mut o = Vec::new();
-                        cs.transcode(x, &mut o);
-                        o
-                    })
-                    .collect();
-                meta[c].labels = Some(Arc::new(l));
-            }
-        }
-    }
+    label_enums(
+        cols,
+        &enum_cols,
+        &enum_charset,
+        enum_labels,
+        set_labels,
+        &mut meta,
+    );
     TableMapMeta {
         names,
         signedness: signedness.is_some(),
         meta,
         have_charsets,
+    }
+}
+
+/// Sets the labels of each ENUM/SET column (in column order: ENUMs take from `enum_labels`,
+/// SETs from `set_labels`), transcoded from the column's character set to UTF-8.
+fn label_enums(
+    cols: &[ColSpec],
+    enum_cols: &[usize],
+    enum_charset: &[Option<u16>],
+    enum_labels: Vec<Vec<Vec<u8>>>,
+    set_labels: Vec<Vec<Vec<u8>>>,
+    meta: &mut [ColumnMeta],
+) {
+    let (mut e, mut st) = (enum_labels.into_iter(), set_labels.into_iter());
+    for &c in enum_cols {
+        let l = if cols[c].real_type() == ty::ENUM {
+            e.next()
+        } else {
+            st.next()
+        };
+        if let Some(l) = l {
+            let cs = enum_charset[c]
+                .and_then(Charset::from_collation)
+                .unwrap_or(Charset::Utf8);
+            let l = l
+                .iter()
+                .map(|x| {
+                    let mut o = Vec::new();
+                    cs.transcode(x, &mut o);
+                    o
+                })
+                .collect();
+            meta[c].labels = Some(Arc::new(l));
+        }
     }
 }
 
