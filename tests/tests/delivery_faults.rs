@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use harness::region::{Region, RegionOptions, SECRET};
-use harness::squeal::{keys_of, Squeal};
+use harness::squeal::{cached_keys_of, keys_of, Squeal};
 use harness::{Broker, MariaDb, McClient};
 use mysql_async::prelude::*;
 
@@ -70,15 +70,7 @@ fn stale(region: &Region, committed: &[u32], timeout: Duration) -> Result<usize>
         let mut left = 0;
         for addr in region.router_addrs() {
             let mut c = McClient::connect(&addr)?;
-            for chunk in committed.chunks(100) {
-                let keys: Vec<String> = chunk.iter().flat_map(|&t| keys_of(t)).collect();
-                let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
-                left += c
-                    .get_multi(&refs)?
-                    .iter()
-                    .filter(|(_, v)| v.is_some())
-                    .count();
-            }
+            left += cached_keys_of(&mut c, committed)?;
         }
         if left == 0 || Instant::now() > deadline {
             return Ok(left);
