@@ -11,9 +11,13 @@
 //!   placeholder or a stale item is a miss, never a value ([`memcache`]);
 //! - remote-marker key naming and protocol ([`remote`]), and the invalidation batch wire
 //!   format ([`batch`]).
+//!
+//! It also holds the one durable atomic file write every party's state files use
+//! ([`durable`]).
 
 pub mod annotation;
 pub mod batch;
+pub mod durable;
 pub mod holdoff;
 pub mod key;
 pub mod memcache;

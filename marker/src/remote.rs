@@ -33,6 +33,7 @@
 //! 0xcbf29ce484222325, prime 0x100000001b3), so every legal key has a legal marker.
 
 use crate::annotation;
+use crate::batch::EntryKind;
 use crate::key::{self, KeyError, MAX_KEY_LEN};
 
 /// The default marker prefix (the paper's `r_k`).
@@ -54,6 +55,32 @@ impl Default for Markers {
         Markers {
             prefix: DEFAULT_PREFIX.into(),
             ttl_secs: DEFAULT_TTL_SECS,
+        }
+    }
+}
+
+/// The one marker test: a key is a marker key of `prefix` when it starts with it.
+fn has_marker_prefix(prefix: &[u8], key: &[u8]) -> bool {
+    key.starts_with(prefix)
+}
+
+/// The marker prefix a source (squeal) tags batch entries with: keys starting with it are
+/// remote markers, which the router deletes in the regional pool only ([`EntryKind::Marker`]);
+/// `None` when the source has no markers (an empty `marker_prefix`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarkerPrefix(pub Option<String>);
+
+impl MarkerPrefix {
+    /// `prefix`, or no markers when it is empty.
+    pub fn new(prefix: &str) -> MarkerPrefix {
+        MarkerPrefix((!prefix.is_empty()).then(|| prefix.to_string()))
+    }
+
+    /// How a batch carries `key`: as a marker or as a plain key.
+    pub fn kind(&self, key: &[u8]) -> EntryKind {
+        match &self.0 {
+            Some(p) if has_marker_prefix(p.as_bytes(), key) => EntryKind::Marker,
+            _ => EntryKind::Key,
         }
     }
 }
@@ -97,7 +124,7 @@ impl Markers {
 
     /// True when `key` is a marker key of this scheme.
     pub fn is_marker(&self, key: &[u8]) -> bool {
-        key.starts_with(self.prefix.as_bytes())
+        has_marker_prefix(self.prefix.as_bytes(), key)
     }
 
     /// The marker key for `key`.
@@ -262,6 +289,24 @@ mod tests {
             marker,
             m.marker_key(&other).unwrap(),
             "the tail still counts"
+        );
+    }
+
+    #[test]
+    fn a_source_prefix_tags_markers_and_an_empty_one_tags_none() {
+        let p = MarkerPrefix::new("r_");
+        assert_eq!(p.kind(b"r_user:42"), EntryKind::Marker);
+        assert_eq!(p.kind(b"user:42"), EntryKind::Key);
+        assert_eq!(p.kind(b"r"), EntryKind::Key);
+        let none = MarkerPrefix::new("");
+        assert_eq!(none, MarkerPrefix(None));
+        assert_eq!(none.kind(b"r_user:42"), EntryKind::Key);
+        // The same test as the scheme's.
+        let m = Markers::default();
+        let marker = m.marker_key(b"user:42").unwrap();
+        assert_eq!(
+            MarkerPrefix::new(m.prefix()).kind(&marker),
+            EntryKind::Marker
         );
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::source::process::{Committed, Position};
+use crate::model::{Committed, Position};
 
 /// Bytes a key costs in a packet beyond its own length (`delete ` + `\r\n`).
 pub const KEY_OVERHEAD: usize = 9;
@@ -257,7 +257,7 @@ impl Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::extract::transaction::TxnKeys;
+    use crate::model::transaction::TxnKeys;
 
     fn txn(keys: &[&str], pos: u64) -> Committed {
         let mut t = TxnKeys::new(1 << 20);

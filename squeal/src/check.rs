@@ -15,8 +15,8 @@ use mysql_async::prelude::*;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::config::template::Template;
 use crate::config::{Config, SinkConfig};
-use crate::extract::rules::Template;
 use crate::source::live;
 
 /// Where the keys of a config file are: a mirror of the parts `--check` talks about, with

@@ -85,11 +85,11 @@ fn real_main() -> anyhow::Result<()> {
 }
 
 fn read_files(cfg: &Config, files: &[std::path::PathBuf]) -> anyhow::Result<()> {
-    use squeal::source::process::Processor;
+    use squeal::extract::process::Processor;
     use squeal::source::schema::NoSchema;
     let mut p = Processor::new(&cfg.extract, Box::new(NoSchema)).map_err(anyhow::Error::msg)?;
     for f in files {
-        squeal::source::read_file(f, &mut p, |c| {
+        squeal::extract::file::read_file(f, &mut p, |c| {
             let pos = c.pos.clone();
             let _ = c
                 .keys

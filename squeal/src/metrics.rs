@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
-use crate::source::process::Stats;
+use crate::extract::process::Stats;
 
 /// Fine at the low end, where the idle-vs-loaded difference shows.
 const KEYS_PER_PACKET_BUCKETS: [f64; 36] = [

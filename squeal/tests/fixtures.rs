@@ -11,11 +11,13 @@ use mysql_common::binlog::EventStreamReader;
 use mysql_common::value::Value;
 use proptest::prelude::*;
 use squeal::config::{ExtractConfig, RuleConfig};
+use squeal::extract::file::{read_events, read_file, FileError};
+use squeal::extract::plan::{plan, PlanContext};
+use squeal::extract::process::Processor;
+use squeal::extract::text::{format, TextForm};
+use squeal::model::Committed;
 use squeal::source::decode::read_image;
-use squeal::source::process::{Committed, Processor};
-use squeal::source::schema::{plan, NoSchema, PlanContext};
-use squeal::source::text::{format, TextForm};
-use squeal::source::{read_events, read_file, FileError};
+use squeal::source::schema::NoSchema;
 
 fn dir() -> PathBuf {
     let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/fixtures/mysql-binlogs");

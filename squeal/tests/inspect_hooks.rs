@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use squeal::config::{ExtractConfig, RuleConfig};
-use squeal::source::process::Processor;
-use squeal::source::read_file;
+use squeal::extract::file::read_file;
+use squeal::extract::process::Processor;
 use squeal::source::schema::NoSchema;
 
 fn fixtures() -> PathBuf {

@@ -27,9 +27,20 @@ pub mod twemproxy;
 pub mod wire;
 pub mod workload;
 
+use std::time::{Duration, Instant};
+
 pub use kafka::Broker;
 pub use mariadb::MariaDb;
 pub use memcache::McClient;
 pub use memcached::Memcached;
 pub use process::{free_port, Server};
 pub use twemproxy::Twemproxy;
+
+/// Polls `f` every 20 ms until it holds; panics after 10 s, naming `what`.
+pub fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -123,3 +123,23 @@ impl McClient {
         }
     }
 }
+
+/// A client of `addr`; panics if it cannot connect (for tests, where that is the failure).
+pub fn mc(addr: &str) -> McClient {
+    McClient::connect(addr).unwrap()
+}
+
+/// The value of `STAT <name>` in the reply to `stats <args>`; panics if it is missing.
+pub fn stat(c: &mut McClient, args: &str, name: &str) -> String {
+    let lines = c.stats(args).unwrap();
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
+        .to_string()
+}
+
+/// A numeric general statistic (`stats`).
+pub fn stat_u64(c: &mut McClient, name: &str) -> u64 {
+    stat(c, "", name).parse().unwrap()
+}

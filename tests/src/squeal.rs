@@ -203,3 +203,29 @@ pub fn expect_invalidated(
     }
     Ok(())
 }
+
+/// The keys of transaction `t` of the fault tests' `app.items` workload (rule
+/// `item:{id}`, `item_group:{grp}`): it writes rows 2t and 2t+1 of group t.
+pub fn keys_of(t: u32) -> [String; 3] {
+    [
+        format!("item:{}", 2 * t),
+        format!("item:{}", 2 * t + 1),
+        format!("item_group:{t}"),
+    ]
+}
+
+/// How many keys of the `committed` transactions (see [`keys_of`]) `c` still holds,
+/// asked 100 transactions at a time.
+pub fn cached_keys_of(c: &mut crate::McClient, committed: &[u32]) -> Result<usize> {
+    let mut left = 0;
+    for chunk in committed.chunks(100) {
+        let keys: Vec<String> = chunk.iter().flat_map(|&t| keys_of(t)).collect();
+        let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+        left += c
+            .get_multi(&refs)?
+            .iter()
+            .filter(|(_, v)| v.is_some())
+            .count();
+    }
+    Ok(left)
+}

@@ -10,20 +10,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use harness::region::{Region, RegionOptions, SECRET};
-use harness::squeal::Squeal;
+use harness::squeal::{cached_keys_of, keys_of, Squeal};
 use harness::{Broker, MariaDb, McClient};
 use mysql_async::prelude::*;
 
 const N: u32 = 2000;
-
-/// Transaction `t` updates rows 2t and 2t+1 of group t: three keys.
-fn keys_of(t: u32) -> [String; 3] {
-    [
-        format!("item:{}", 2 * t),
-        format!("item:{}", 2 * t + 1),
-        format!("item_group:{t}"),
-    ]
-}
 
 const RULE: &str = r#"
 [[extract.rule]]
@@ -79,15 +70,7 @@ fn stale(region: &Region, committed: &[u32], timeout: Duration) -> Result<usize>
         let mut left = 0;
         for addr in region.router_addrs() {
             let mut c = McClient::connect(&addr)?;
-            for chunk in committed.chunks(100) {
-                let keys: Vec<String> = chunk.iter().flat_map(|&t| keys_of(t)).collect();
-                let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
-                left += c
-                    .get_multi(&refs)?
-                    .iter()
-                    .filter(|(_, v)| v.is_some())
-                    .count();
-            }
+            left += cached_keys_of(&mut c, committed)?;
         }
         if left == 0 || Instant::now() > deadline {
             return Ok(left);

@@ -562,7 +562,7 @@ fn squeal_sink(port: u16) -> (tokio::runtime::Runtime, squeal::sink::router::Rou
             vec![format!("127.0.0.1:{port}")],
             "flush-test".into(),
             Secret::new(SECRET.as_bytes()),
-            squeal::sink::router::MarkerPrefix(Some("r_".into())),
+            marker::remote::MarkerPrefix(Some("r_".into())),
             Duration::from_secs(5),
             4,
         )
@@ -803,7 +803,7 @@ async fn batches_from_kafka_are_applied_then_committed() -> Result<()> {
         &Default::default(),
         "kafka-flush".into(),
         secret,
-        squeal::sink::router::MarkerPrefix(None),
+        marker::remote::MarkerPrefix(None),
         Duration::from_secs(10),
     )?;
     sink.flush_all()

@@ -5,12 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use harness::memcache::{mc, stat, stat_u64};
 use harness::router::Router;
-use harness::{free_port, McClient, Memcached};
-
-fn mc(addr: &str) -> McClient {
-    McClient::connect(addr).unwrap()
-}
+use harness::{free_port, wait_for, Memcached};
 
 /// `mg <key> t v` straight on a server: the remaining TTL (-1: none) and the value.
 fn ttl_and_value(addr: &str, key: &str) -> Option<(i64, Vec<u8>)> {
@@ -31,19 +28,6 @@ fn ttl_and_value(addr: &str, key: &str) -> Option<(i64, Vec<u8>)> {
         .unwrap();
     let data = c.bytes(len + 2).unwrap();
     Some((ttl, data[..len].to_vec()))
-}
-
-fn stat(c: &mut McClient, args: &str, name: &str) -> String {
-    let lines = c.stats(args).unwrap();
-    lines
-        .iter()
-        .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
-        .to_string()
-}
-
-fn stat_u64(c: &mut McClient, name: &str) -> u64 {
-    stat(c, "", name).parse().unwrap()
 }
 
 #[test]
@@ -235,14 +219,6 @@ default = "a"
         || stat_u64(&mut c, "route_async_failures") >= failures + 2,
         "two background failures counted",
     );
-}
-
-fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn failover_config(main: &str, gutter: &str) -> String {

@@ -5,12 +5,9 @@
 
 use std::time::{Duration, Instant};
 
+use harness::memcache::{mc, stat_u64};
 use harness::router::Router;
-use harness::{McClient, Memcached};
-
-fn mc(addr: &str) -> McClient {
-    McClient::connect(addr).unwrap()
-}
+use harness::{wait_for, McClient, Memcached};
 
 /// `mg <key> f t v` straight on a server: (flags, remaining TTL, value).
 fn meta(addr: &str, key: &str) -> Option<(u32, i64, Vec<u8>)> {
@@ -46,24 +43,6 @@ fn gets(c: &mut McClient, key: &str) -> Option<(Vec<u8>, u64)> {
     let data = c.bytes(len + 2).unwrap();
     assert_eq!(c.line().unwrap(), "END");
     Some((data[..len].to_vec(), cas))
-}
-
-fn stat_u64(c: &mut McClient, name: &str) -> u64 {
-    let lines = c.stats("").unwrap();
-    lines
-        .iter()
-        .find_map(|l| l.strip_prefix(&format!("STAT {name} ")))
-        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
-        .parse()
-        .unwrap()
-}
-
-fn wait_for(mut f: impl FnMut() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use harness::mariadb::MariaDbOptions;
-use harness::squeal::{config, read_checkpoint, Squeal};
+use harness::squeal::{cached_keys_of, config, keys_of, read_checkpoint, Squeal};
 use harness::{MariaDb, McClient, Memcached};
 use mysql_async::prelude::*;
 
@@ -34,15 +34,6 @@ async fn db() -> Result<MariaDb> {
     Ok(db)
 }
 
-/// Keys of transaction `t`: it writes rows 2t and 2t+1 of group t.
-fn keys_of(t: u32) -> [String; 3] {
-    [
-        format!("item:{}", 2 * t),
-        format!("item:{}", 2 * t + 1),
-        format!("item_group:{t}"),
-    ]
-}
-
 fn preset(mc: &Memcached, n: u32) -> Result<()> {
     let mut c = McClient::connect(&mc.addr())?;
     for t in 0..n {
@@ -58,16 +49,7 @@ fn remaining(mc: &Memcached, committed: &[u32], timeout: Duration) -> Result<usi
     let mut c = McClient::connect(&mc.addr())?;
     let deadline = Instant::now() + timeout;
     loop {
-        let mut left = 0;
-        for chunk in committed.chunks(100) {
-            let keys: Vec<String> = chunk.iter().flat_map(|&t| keys_of(t)).collect();
-            let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
-            left += c
-                .get_multi(&refs)?
-                .iter()
-                .filter(|(_, v)| v.is_some())
-                .count();
-        }
+        let left = cached_keys_of(&mut c, committed)?;
         if left == 0 || Instant::now() > deadline {
             return Ok(left);
         }

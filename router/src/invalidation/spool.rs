@@ -316,14 +316,10 @@ impl ServerSpool {
     }
 }
 
-/// Replaces `path`'s contents so that a crash leaves either the old or the new contents.
+/// Replaces `path`'s contents so that a crash leaves either the old or the new contents
+/// (`marker::durable`: the directory is fsynced too).
 fn write_atomically(path: &Path, data: &[u8]) -> Result<(), SpoolError> {
-    let tmp = path.with_extension("tmp");
-    let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
-    file.write_all(data).map_err(io_err(&tmp))?;
-    file.sync_data().map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    Ok(())
+    marker::durable::write_atomically(path, data).map_err(io_err(path))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SpoolError> {

@@ -9,21 +9,11 @@
 //! parent's before and after images. This module finds the foreign keys that need one and
 //! tells whether the parent's rule has such a template.
 
-use crate::extract::rules::{Part, Rule, Template};
-
-/// One foreign key with a cascading action.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cascade {
-    pub name: String,
-    pub child_db: String,
-    pub child_table: String,
-    pub child_columns: Vec<String>,
-    pub parent_db: String,
-    pub parent_table: String,
-    pub parent_columns: Vec<String>,
-    /// e.g. `ON DELETE CASCADE, ON UPDATE SET NULL`.
-    pub actions: String,
-}
+use crate::config::template::{Part, Template};
+use crate::config::Config;
+use crate::extract::rules::Rule;
+use crate::source::live;
+use crate::source::schema::Cascade;
 
 /// What to say about one cascade whose child table has a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +107,51 @@ impl Finding {
             c0 = c.child_columns.first().map(String::as_str).unwrap_or(""),
             p0 = c.parent_columns.first().map(String::as_str).unwrap_or(""),
         )
+    }
+}
+
+/// Looks for cascading foreign keys whose child table has a rule and warns (and counts,
+/// `squeal_fk_cascades_uncovered{parent,child}`) about each one whose child keys no parent
+/// rule covers. Run at start and after DDL. Returns the findings (for `--check`).
+pub async fn warn_cascades(
+    conn: &mut mysql_async::Conn,
+    rules: &[Rule],
+) -> anyhow::Result<Vec<Finding>> {
+    let found = findings(&live::fk_cascades(conn).await?, rules);
+    for f in &found {
+        let c = &f.cascade;
+        let parent = format!("{}.{}", c.parent_db, c.parent_table);
+        let child = format!("{}.{}", c.child_db, c.child_table);
+        metrics::gauge!("squeal_fk_cascades_uncovered", "parent" => parent.clone(), "child" => child.clone())
+            .set(f.uncovered.len() as f64);
+        if f.uncovered.is_empty() {
+            tracing::info!(%parent, %child, covered = ?f.covered, "foreign-key cascade covered by the parent's rule");
+        } else {
+            tracing::warn!(%parent, %child, "{}", f.message());
+        }
+    }
+    Ok(found)
+}
+
+/// The cascade check ([`warn_cascades`]) on its own connection; a failure is logged,
+/// never fatal (squeal works without it, only the warning is missing).
+pub async fn check_cascades(cfg: Config) {
+    let rules: Vec<Rule> = cfg
+        .extract
+        .rules
+        .iter()
+        .filter_map(|r| Rule::new(r).ok())
+        .collect();
+    let r = async {
+        let mut conn = mysql_async::Conn::new(live::opts(&cfg.source)?).await?;
+        warn_cascades(&mut conn, &rules).await?;
+        let _ = conn.disconnect().await;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        metrics::counter!("squeal_fk_check_errors_total").increment(1);
+        tracing::warn!(error = %format!("{e:#}"), "could not look for foreign-key cascades");
     }
 }
 

@@ -9,5 +9,5 @@
 //!        INSERT INTO cache_outbox VALUES ('user:42'), ('feed:42'); COMMIT;
 //! ```
 //!
-//! The plan for an outbox table is built with the rules' (see `source::schema::plan`); rows
+//! The plan for an outbox table is built with the rules' (see `extract::plan::plan`); rows
 //! are decoded by the same code.

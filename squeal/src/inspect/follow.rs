@@ -10,8 +10,9 @@ use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::config::SourceConfig;
+use crate::extract::process::{ProcessError, Processor};
+use crate::model::Committed;
 use crate::source::live::{self, InfoSchema};
-use crate::source::process::{Committed, ProcessError, Processor};
 
 use super::config::InspectConfig;
 

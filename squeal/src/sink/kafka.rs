@@ -22,7 +22,9 @@ use marker::batch::{Secret, KAFKA_CONTEXT};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
 
-use super::router::{encode, wire, wire_flush, MarkerPrefix};
+use marker::remote::MarkerPrefix;
+
+use super::router::{encode, wire, wire_flush};
 use super::{Sink, SinkError, SinkFuture};
 use crate::batch::Batch;
 

@@ -19,26 +19,14 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use marker::batch::{self, Ack, AckStatus, Batch as WireBatch, BatchKind, EntryKind, Secret};
+use marker::batch::{self, Ack, AckStatus, Batch as WireBatch, BatchKind, Secret};
+use marker::remote::MarkerPrefix;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Sink, SinkError, SinkFuture};
 use crate::batch::Batch;
-
-/// Which keys are remote markers: they go to the regional pool, not to every cluster.
-#[derive(Debug, Clone)]
-pub struct MarkerPrefix(pub Option<String>);
-
-impl MarkerPrefix {
-    fn kind(&self, key: &[u8]) -> EntryKind {
-        match &self.0 {
-            Some(p) if key.starts_with(p.as_bytes()) => EntryKind::Marker,
-            _ => EntryKind::Key,
-        }
-    }
-}
 
 fn now_us() -> u64 {
     SystemTime::now()

@@ -8,9 +8,9 @@ use anyhow::Context;
 use mysql_async::prelude::*;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 
-use super::process::Position;
-use super::schema::{ColumnInfo, SchemaLookup};
+use super::schema::{Cascade, ColumnInfo, SchemaLookup};
 use crate::config::SourceConfig;
+use crate::model::Position;
 
 /// The server is set up in a way squeal refuses to work with: retrying cannot help.
 #[derive(Debug, thiserror::Error)]
@@ -210,14 +210,14 @@ pub async fn check_server(conn: &mut Conn, cfg: &SourceConfig) -> anyhow::Result
 pub async fn time_zone(
     conn: &mut Conn,
     configured: Option<&str>,
-) -> anyhow::Result<super::text::Zone> {
+) -> anyhow::Result<super::zone::Zone> {
     let row: Option<(String, String)> = conn
         .query_first("SELECT @@time_zone, @@system_time_zone")
         .await
         .context("reading the server's time zone")?;
     let (tz, system) = row.context("time zone query returned nothing")?;
     let name = configured.unwrap_or(&tz);
-    super::text::Zone::resolve(name, &system, std::path::Path::new("/usr/share/zoneinfo")).map_err(
+    super::zone::Zone::resolve(name, &system, std::path::Path::new("/usr/share/zoneinfo")).map_err(
         |e| {
             anyhow::anyhow!(
                 "TIMESTAMP time zone: {e}. Set [extract] time_zone to a zone name in \
@@ -365,7 +365,7 @@ impl SchemaLookup for InfoSchema {
 /// Foreign keys with a cascading action (CASCADE / SET NULL on delete or update), from
 /// information_schema (REFERENTIAL_CONSTRAINTS for the actions, KEY_COLUMN_USAGE for the
 /// columns in order).
-pub async fn fk_cascades(conn: &mut Conn) -> anyhow::Result<Vec<crate::extract::cascade::Cascade>> {
+pub async fn fk_cascades(conn: &mut Conn) -> anyhow::Result<Vec<Cascade>> {
     type Row = (
         String,
         String,
@@ -392,14 +392,14 @@ pub async fn fk_cascades(conn: &mut Conn) -> anyhow::Result<Vec<crate::extract::
         )
         .await
         .context("reading foreign keys from information_schema")?;
-    let mut out: Vec<crate::extract::cascade::Cascade> = Vec::new();
+    let mut out: Vec<Cascade> = Vec::new();
     for (db, name, child, pdb, parent, actions, col, pcol) in rows {
         match out.last_mut() {
             Some(c) if c.child_db == db && c.child_table == child && c.name == name => {
                 c.child_columns.push(col);
                 c.parent_columns.push(pcol);
             }
-            _ => out.push(crate::extract::cascade::Cascade {
+            _ => out.push(Cascade {
                 name,
                 child_db: db,
                 child_table: child,
@@ -412,27 +412,4 @@ pub async fn fk_cascades(conn: &mut Conn) -> anyhow::Result<Vec<crate::extract::
         }
     }
     Ok(out)
-}
-
-/// Looks for cascading foreign keys whose child table has a rule and warns (and counts,
-/// `squeal_fk_cascades_uncovered{parent,child}`) about each one whose child keys no parent
-/// rule covers. Run at start and after DDL. Returns the findings (for `--check`).
-pub async fn warn_cascades(
-    conn: &mut Conn,
-    rules: &[crate::extract::rules::Rule],
-) -> anyhow::Result<Vec<crate::extract::cascade::Finding>> {
-    let found = crate::extract::cascade::findings(&fk_cascades(conn).await?, rules);
-    for f in &found {
-        let c = &f.cascade;
-        let parent = format!("{}.{}", c.parent_db, c.parent_table);
-        let child = format!("{}.{}", c.child_db, c.child_table);
-        metrics::gauge!("squeal_fk_cascades_uncovered", "parent" => parent.clone(), "child" => child.clone())
-            .set(f.uncovered.len() as f64);
-        if f.uncovered.is_empty() {
-            tracing::info!(%parent, %child, covered = ?f.covered, "foreign-key cascade covered by the parent's rule");
-        } else {
-            tracing::warn!(%parent, %child, "{}", f.message());
-        }
-    }
-    Ok(found)
 }

@@ -6,7 +6,6 @@
 //! atomically after each chunk.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -68,13 +67,11 @@ impl State {
     }
 }
 
+/// Replaces `path`'s contents durably: a crash leaves the old or the new progress
+/// (`marker::durable`: write, fsync, rename, fsync the directory).
 fn write_atomically(path: &Path, data: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_data()?;
-    fs::rename(&tmp, path)?;
-    Ok(())
+    marker::durable::write_atomically(path, data)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {

@@ -1,6 +1,6 @@
-//! The synchronous core of the source: binlog events in, committed transactions (their
-//! deduplicated keys and the position after their commit) out. The live stream and the
-//! file reader both feed it, so the fixture tests run the code production runs.
+//! The processor, the synchronous core of extraction: binlog events in, committed
+//! transactions (their deduplicated keys and the position after their commit) out. The live
+//! stream and the file reader both feed it, so the fixture tests run the code production runs.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,39 +11,16 @@ use mysql_common::binlog::events::{
     TableMapEvent,
 };
 
-use super::decode::{lenenc, read_image};
-use super::mariadb;
-use super::schema::{plan, PlanContext, SchemaLookup, TablePlan};
-use super::text::{append_part, format, NoText, Zone};
+use super::plan::{plan, PlanContext, TablePlan};
+use super::rules::{BoundPart, Rule};
+use super::text::{append_part, format, NoText};
 use crate::config::{ExtractConfig, OnMissingColumn, OnTableReset};
-use crate::extract::rules::{BoundPart, Rule};
-use crate::extract::transaction::TxnKeys;
-
-/// A binlog position: file and byte offset of the next event.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-pub struct Position {
-    pub file: String,
-    pub pos: u64,
-}
-
-impl std::fmt::Display for Position {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.file, self.pos)
-    }
-}
-
-/// A committed transaction: its keys and where the stream stands after its commit.
-pub struct Committed {
-    pub keys: TxnKeys,
-    pub pos: Position,
-    /// GTID of the transaction when the stream carries it (MySQL `uuid:n`, MariaDB `d-s-n`).
-    pub gtid: Option<String>,
-    /// Server timestamp of the commit event (seconds since the epoch).
-    pub commit_ts: u32,
-    /// Every target must be flushed once this transaction's keys (and everything before
-    /// them) are delivered, before anything after it (a table reset, on_table_reset=flush).
-    pub flush: bool,
-}
+use crate::model::transaction::TxnKeys;
+use crate::model::{Committed, Position};
+use crate::source::decode::{lenenc, read_image};
+use crate::source::mariadb;
+use crate::source::schema::SchemaLookup;
+use crate::source::zone::Zone;
 
 /// Counters the processor keeps (exported as metrics by the caller).
 #[derive(Debug, Default, Clone)]
@@ -79,6 +56,15 @@ pub enum ProcessError {
     /// TRUNCATE / DROP / RENAME of a rule table ([extract] on_table_reset = "stop").
     #[error("{0}")]
     TableReset(String),
+}
+
+/// What an event does to the stream position (the resume point).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Advance {
+    /// The position moves past the event, unless a transaction is open.
+    Past,
+    /// The event set the position itself, or must not move it.
+    Kept,
 }
 
 /// Events in, committed transactions out.
@@ -321,9 +307,27 @@ impl Processor {
             self.outer_pos
         };
         self.current_end = end;
+        let advance = match self.mysql_event(ev, t, end, out)? {
+            Some(a) => a,
+            None => self.mariadb_event(ev, t)?,
+        };
+        if advance == Advance::Past && !self.in_txn {
+            self.pos = end;
+        }
+        Ok(())
+    }
+
+    /// The event types MySQL and MariaDB share (and MySQL's own); `None` for any other.
+    fn mysql_event(
+        &mut self,
+        ev: &Event,
+        t: u8,
+        end: u64,
+        out: &mut Vec<Committed>,
+    ) -> Result<Option<Advance>, ProcessError> {
         let err =
             |e: std::io::Error, file: &str| ProcessError::Event(t, format!("{file}:{end}"), e);
-        match t {
+        Ok(Some(match t {
             x if x == EventType::ROTATE_EVENT as u8 => {
                 let r: RotateEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
                 self.file = rotate_name(ev, r.name_raw());
@@ -332,7 +336,7 @@ impl Processor {
                 if !r.is_fake() {
                     self.tables.clear();
                 }
-                return Ok(());
+                Advance::Kept
             }
             x if x == EventType::FORMAT_DESCRIPTION_EVENT as u8
                 || x == EventType::PREVIOUS_GTIDS_EVENT as u8
@@ -341,16 +345,17 @@ impl Processor {
                 || x == EventType::IGNORABLE_EVENT as u8
                 || x == EventType::INTVAR_EVENT as u8
                 || x == EventType::RAND_EVENT as u8
-                || x == EventType::USER_VAR_EVENT as u8 => {}
-            x if x == EventType::HEARTBEAT_EVENT as u8 => {
-                // Carries the server's position; not a stream position to resume from.
-                return Ok(());
+                || x == EventType::USER_VAR_EVENT as u8 =>
+            {
+                Advance::Past
             }
+            // Carries the server's position; not a stream position to resume from.
+            x if x == EventType::HEARTBEAT_EVENT as u8 => Advance::Kept,
             x if x == EventType::TRANSACTION_PAYLOAD_EVENT as u8 => {
                 self.outer_pos = end;
                 // The decompressed events follow (the reader unpacks them); the payload
                 // itself ends at `end`, which its inner XID makes the commit position.
-                return Ok(());
+                Advance::Kept
             }
             x if x == EventType::GTID_EVENT as u8
                 || x == EventType::ANONYMOUS_GTID_EVENT as u8
@@ -364,6 +369,7 @@ impl Processor {
                         self.gtid = Some(format!("{}:{}", uuid(&g.sid()), g.gno()));
                     }
                 }
+                Advance::Past
             }
             x if x == EventType::QUERY_EVENT as u8 => {
                 let q: QueryEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
@@ -374,30 +380,40 @@ impl Processor {
                 }
                 self.table_resets(q.query_raw(), &q.schema())?;
                 self.query(q.query_raw(), out)?;
+                Advance::Past
             }
             x if x == EventType::ROWS_QUERY_EVENT as u8 => {
                 let q: RowsQueryEvent = ev.read_event().map_err(|e| err(e, &self.file))?;
                 self.annotate(q.query_raw())?;
+                Advance::Past
             }
-            x if x == EventType::XID_EVENT as u8 => {
+            // An XA PREPARE: the transaction's changes are final once prepared; release its
+            // keys now (at least once: an XA ROLLBACK afterwards only costs extra deletes).
+            x if x == EventType::XID_EVENT as u8 || x == EventType::XA_PREPARE_LOG_EVENT as u8 => {
                 self.pos = end;
                 self.commit(out)?;
-                return Ok(());
+                Advance::Kept
             }
-            x if x == EventType::XA_PREPARE_LOG_EVENT as u8 => {
-                // The transaction's changes are final once prepared; release its keys now
-                // (at least once: an XA ROLLBACK afterwards only costs extra deletes).
-                self.pos = end;
-                self.commit(out)?;
-                return Ok(());
+            x if x == EventType::TABLE_MAP_EVENT as u8 => {
+                self.table_map(ev, end)?;
+                Advance::Past
             }
-            x if x == EventType::TABLE_MAP_EVENT as u8 => self.table_map(ev, end)?,
-            23 | 24 | 25 | 30 | 31 | 32 | 39 => self.rows(ev, t)?,
+            23 | 24 | 25 | 30 | 31 | 32 | 39 => {
+                self.rows(ev, t)?;
+                Advance::Past
+            }
+            _ => return Ok(None),
+        }))
+    }
+
+    /// MariaDB's own event types; any other unknown type is passed over.
+    fn mariadb_event(&mut self, ev: &Event, t: u8) -> Result<Advance, ProcessError> {
+        match t {
             mariadb::ANNOTATE_ROWS => {
                 let text = mariadb::annotate_rows_text(ev.data()).to_vec();
                 self.annotate(&text)?;
             }
-            mariadb::GTID => match mariadb::GtidEvent::parse(ev.data(), h.server_id()) {
+            mariadb::GTID => match mariadb::GtidEvent::parse(ev.data(), ev.header().server_id()) {
                 Ok(g) => {
                     self.gtid = Some(g.gtid.to_string());
                     if !g.standalone() {
@@ -405,8 +421,7 @@ impl Processor {
                     }
                 }
                 Err(e) => {
-                    self.stats.decode_errors += 1;
-                    self.problems.push(e.to_string());
+                    self.decode_problem(e.to_string());
                     self.begin();
                 }
             },
@@ -415,15 +430,11 @@ impl Processor {
                     self.last_gtid = Some(mariadb::format_gtid_list(&list));
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    self.stats.decode_errors += 1;
-                    self.problems.push(e.to_string());
-                }
+                Err(e) => self.decode_problem(e.to_string()),
             },
             mariadb::BINLOG_CHECKPOINT => {
                 if let Err(e) = mariadb::parse_binlog_checkpoint(ev.data()) {
-                    self.stats.decode_errors += 1;
-                    self.problems.push(e.to_string());
+                    self.decode_problem(e.to_string());
                 }
             }
             mariadb::START_ENCRYPTION => {
@@ -437,10 +448,13 @@ impl Processor {
             }
             _ => {}
         }
-        if !self.in_txn {
-            self.pos = end;
-        }
-        Ok(())
+        Ok(Advance::Past)
+    }
+
+    /// An event that could not be decoded: counted and logged, the stream goes on.
+    fn decode_problem(&mut self, msg: String) {
+        self.stats.decode_errors += 1;
+        self.problems.push(msg);
     }
 
     fn query(&mut self, sql: &[u8], out: &mut Vec<Committed>) -> Result<(), ProcessError> {
@@ -491,7 +505,7 @@ impl Processor {
     /// the rows it removes. Stops with an error (default; the position stays before the
     /// statement) or marks the statement's commit to flush every target (`flush`).
     fn table_resets(&mut self, sql: &[u8], schema: &str) -> Result<(), ProcessError> {
-        let resets = crate::extract::ddl::reset_tables(sql, schema);
+        let resets = super::ddl::reset_tables(sql, schema);
         let hit: Vec<String> = resets
             .iter()
             .filter(|r| {
@@ -579,42 +593,21 @@ impl Processor {
     fn rows(&mut self, ev: &Event, t: u8) -> Result<(), ProcessError> {
         self.begin();
         let data = ev.data();
-        let et = EventType::try_from(t).map_err(|_| ProcessError::Unsupported(t, "rows"))?;
-        let post = ev.fde().get_event_type_header_length(et) as usize;
-        let bad = |what: &str| {
-            ProcessError::Event(t, String::new(), std::io::Error::other(what.to_string()))
-        };
-        if data.len() < post || post < 8 {
-            return Err(bad("short rows event header"));
-        }
-        let id = if post == 6 {
-            u32::from_le_bytes(data[..4].try_into().expect("4")) as u64
-        } else {
-            le48(data)
-        };
-        let mut p = post;
-        if post == 10 {
-            // v2: extra data length counts its own two bytes.
-            let extra = u16::from_le_bytes([data[8], data[9]]) as usize;
-            p = post + extra.saturating_sub(2);
-        }
-        let (ncols, n) = lenenc(data, p).map_err(|e| bad(&e.to_string()))?;
-        p += n;
-        let ncols = ncols as usize;
-        let bm = ncols.div_ceil(8);
         let is_update = matches!(t, 24 | 31 | 39);
         let is_delete = matches!(t, 25 | 32);
-        let nbm = if is_update { 2 } else { 1 };
-        if data.len() < p + bm * nbm {
-            return Err(bad("short rows event bitmaps"));
-        }
-        let bm1 = &data[p..p + bm];
+        let RowsHeader {
+            id,
+            ncols,
+            bitmaps,
+            mut p,
+        } = rows_header(ev, t, is_update)?;
+        let bm = ncols.div_ceil(8);
+        let bm1 = &data[bitmaps..bitmaps + bm];
         let bm2 = if is_update {
-            &data[p + bm..p + 2 * bm]
+            &data[bitmaps + bm..bitmaps + 2 * bm]
         } else {
             bm1
         };
-        p += bm * nbm;
         let Some((_, plan)) = self.tables.get(&id) else {
             self.stats.decode_errors += 1;
             self.problems
@@ -645,7 +638,7 @@ impl Processor {
         while p < rows_data.len() {
             let mut sa = std::mem::take(&mut self.slots_a);
             let mut sb = std::mem::take(&mut self.slots_b);
-            let r = (|| -> Result<(), super::decode::DecodeError> {
+            let r = (|| -> Result<(), crate::source::decode::DecodeError> {
                 read_image(rows_data, &mut p, &plan.cols, bm1, None, &mut sa)?;
                 if is_update {
                     read_image(rows_data, &mut p, &plan.cols, bm2, partial, &mut sb)?;
@@ -861,6 +854,54 @@ impl TablePlan {
     fn annotation_match(&self, dbs: &[String]) -> bool {
         dbs.is_empty() || dbs.contains(&self.db)
     }
+}
+
+/// Where a rows event's parts are: its table id, column count, the column bitmaps (one,
+/// two for an UPDATE) and the first row.
+struct RowsHeader {
+    id: u64,
+    ncols: usize,
+    /// Offset of the first bitmap.
+    bitmaps: usize,
+    /// Offset of the first row image.
+    p: usize,
+}
+
+/// Reads the post-header of a rows event (v1 or v2) up to its first row.
+fn rows_header(ev: &Event, t: u8, is_update: bool) -> Result<RowsHeader, ProcessError> {
+    let data = ev.data();
+    let et = EventType::try_from(t).map_err(|_| ProcessError::Unsupported(t, "rows"))?;
+    let post = ev.fde().get_event_type_header_length(et) as usize;
+    let bad =
+        |what: &str| ProcessError::Event(t, String::new(), std::io::Error::other(what.to_string()));
+    if data.len() < post || post < 8 {
+        return Err(bad("short rows event header"));
+    }
+    let id = if post == 6 {
+        u32::from_le_bytes(data[..4].try_into().expect("4")) as u64
+    } else {
+        le48(data)
+    };
+    let mut p = post;
+    if post == 10 {
+        // v2: extra data length counts its own two bytes.
+        let extra = u16::from_le_bytes([data[8], data[9]]) as usize;
+        p = post + extra.saturating_sub(2);
+    }
+    let (ncols, n) = lenenc(data, p).map_err(|e| bad(&e.to_string()))?;
+    p += n;
+    let ncols = ncols as usize;
+    let bm = ncols.div_ceil(8);
+    let nbm = if is_update { 2 } else { 1 };
+    if data.len() < p + bm * nbm {
+        return Err(bad("short rows event bitmaps"));
+    }
+    Ok(RowsHeader {
+        id,
+        ncols,
+        bitmaps: p,
+        p: p + bm * nbm,
+    })
 }
 
 /// The quoting rules of a `sql_mode` setting such as `"ANSI_QUOTES,NO_BACKSLASH_ESCAPES"`.

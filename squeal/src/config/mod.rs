@@ -1,6 +1,8 @@
 //! squeal's TOML configuration: one section per stage of the data flow, each validated
 //! before anything starts (a bad config refuses to start and says where).
 
+pub mod template;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -290,10 +292,8 @@ impl AuthConfig {
             .map_err(|e| anyhow::anyhow!("router or kafka sink: {e}"))
     }
 
-    pub fn markers(&self) -> crate::sink::router::MarkerPrefix {
-        crate::sink::router::MarkerPrefix(
-            (!self.marker_prefix.is_empty()).then(|| self.marker_prefix.clone()),
-        )
+    pub fn markers(&self) -> marker::remote::MarkerPrefix {
+        marker::remote::MarkerPrefix::new(&self.marker_prefix)
     }
 }
 
@@ -374,49 +374,18 @@ impl Config {
         Ok(config)
     }
 
+    /// Every section's own rules (what serde cannot say), in file order.
     fn validate(&self) -> anyhow::Result<()> {
-        use anyhow::bail;
-        if self.source.server_id == 0 {
-            bail!("[source] server_id must not be 0");
-        }
-        if ![1, 4].contains(&self.source.mariadb_capability) {
-            bail!("[source] mariadb_capability must be 1 or 4");
-        }
-        if self.source.heartbeat_ms == 0 || self.source.reconnect_min_ms == 0 {
-            bail!("[source] heartbeat_ms and reconnect_min_ms must be positive");
-        }
+        self.source.validate()?;
         if self.sinks.is_empty() {
-            bail!("at least one [[sink]] is required");
+            anyhow::bail!("at least one [[sink]] is required");
         }
         for (i, s) in self.sinks.iter().enumerate() {
-            if let SinkConfig::Memcache {
-                endpoints,
-                connections,
-                ..
-            } = s
-            {
-                if endpoints.is_empty() {
-                    bail!("[[sink]] #{}: memcache sink needs endpoints", i + 1);
-                }
-                if *connections == 0 {
-                    bail!("[[sink]] #{}: connections must be positive", i + 1);
-                }
-            }
+            s.validate(i + 1)?;
         }
-        if self.batch.max_bytes < 300 {
-            bail!("[batch] max_bytes must be at least 300 (one key of 250 bytes fits)");
-        }
-        if self.batch.max_in_flight == 0 {
-            bail!("[batch] max_in_flight must be positive");
-        }
+        self.batch.validate()?;
         for (i, r) in self.extract.rules.iter().enumerate() {
-            if r.keys.is_empty() {
-                bail!("[[extract.rule]] #{}: keys is empty", i + 1);
-            }
-            for k in &r.keys {
-                crate::extract::rules::Template::parse(k)
-                    .map_err(|e| anyhow::anyhow!("[[extract.rule]] #{} key {k:?}: {e}", i + 1))?;
-            }
+            r.validate(i + 1)?;
         }
         Ok(())
     }
@@ -426,11 +395,73 @@ impl Config {
     }
 }
 
+impl SourceConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.server_id == 0 {
+            bail!("[source] server_id must not be 0");
+        }
+        if ![1, 4].contains(&self.mariadb_capability) {
+            bail!("[source] mariadb_capability must be 1 or 4");
+        }
+        if self.heartbeat_ms == 0 || self.reconnect_min_ms == 0 {
+            bail!("[source] heartbeat_ms and reconnect_min_ms must be positive");
+        }
+        Ok(())
+    }
+}
+
+impl SinkConfig {
+    /// Checks the `n`th `[[sink]]` (from 1).
+    fn validate(&self, n: usize) -> anyhow::Result<()> {
+        if let SinkConfig::Memcache {
+            endpoints,
+            connections,
+            ..
+        } = self
+        {
+            if endpoints.is_empty() {
+                anyhow::bail!("[[sink]] #{n}: memcache sink needs endpoints");
+            }
+            if *connections == 0 {
+                anyhow::bail!("[[sink]] #{n}: connections must be positive");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl BatchConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.max_bytes < 300 {
+            anyhow::bail!("[batch] max_bytes must be at least 300 (one key of 250 bytes fits)");
+        }
+        if self.max_in_flight == 0 {
+            anyhow::bail!("[batch] max_in_flight must be positive");
+        }
+        Ok(())
+    }
+}
+
+impl RuleConfig {
+    /// Checks the `n`th `[[extract.rule]]` (from 1): it has keys, and each parses.
+    fn validate(&self, n: usize) -> anyhow::Result<()> {
+        if self.keys.is_empty() {
+            anyhow::bail!("[[extract.rule]] #{n}: keys is empty");
+        }
+        for k in &self.keys {
+            template::Template::parse(k)
+                .map_err(|e| anyhow::anyhow!("[[extract.rule]] #{n} key {k:?}: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../deploy/squeal.toml");
+    const EXAMPLE: &str = include_str!("../../../deploy/squeal.toml");
 
     #[test]
     fn example_config_parses() {

@@ -17,8 +17,9 @@ use mysql_common::binlog::jsonb;
 use mysql_common::constants::ColumnType;
 use mysql_common::io::ParseBuf;
 
-use super::decode::{ty, ColSpec};
-use crate::extract::rules::Filter;
+use crate::config::template::Filter;
+use crate::source::decode::{ty, ColSpec};
+use crate::source::zone::Zone;
 
 /// Character sets squeal transcodes to UTF-8 (what a utf8mb4 connection receives).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,149 +91,6 @@ const CP1252_80: [char; 32] = [
     '\u{90}', '\u{2018}', '\u{2019}', '\u{201c}', '\u{201d}', '\u{2022}', '\u{2013}', '\u{2014}',
     '\u{2dc}', '\u{2122}', '\u{161}', '\u{203a}', '\u{153}', '\u{9d}', '\u{17e}', '\u{178}',
 ];
-
-/// A time zone for TIMESTAMP columns: UTC offsets by transition time (from a TZif file in
-/// /usr/share/zoneinfo, as the server's own time zone tables are loaded) or one fixed
-/// offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Zone {
-    pub name: String,
-    /// Offset (seconds east of UTC) before the first transition.
-    initial: i32,
-    /// `(utc time, offset from then on)`, sorted by time.
-    transitions: Vec<(i64, i32)>,
-}
-
-impl Zone {
-    pub fn utc() -> Zone {
-        Zone::fixed("+00:00", 0)
-    }
-
-    pub fn fixed(name: &str, offset: i32) -> Zone {
-        Zone {
-            name: name.to_string(),
-            initial: offset,
-            transitions: Vec::new(),
-        }
-    }
-
-    /// Resolves what `@@time_zone` (or a `[extract] time_zone` setting) names: `SYSTEM` is
-    /// replaced by `system` (the server's `@@system_time_zone`) first; then `+hh:mm` /
-    /// `-hh:mm`, `UTC`/`GMT`, or a zone name found under `zoneinfo` (/usr/share/zoneinfo).
-    pub fn resolve(name: &str, system: &str, zoneinfo: &std::path::Path) -> Result<Zone, String> {
-        let n = if name.eq_ignore_ascii_case("SYSTEM") {
-            system
-        } else {
-            name
-        };
-        let n = n.trim();
-        if let Some(off) = parse_offset(n) {
-            return Ok(Zone::fixed(n, off));
-        }
-        if matches!(n.to_ascii_uppercase().as_str(), "UTC" | "GMT" | "Z" | "UCT") {
-            return Ok(Zone::fixed(n, 0));
-        }
-        if n.is_empty() || n.contains("..") || n.starts_with('/') {
-            return Err(format!("time zone {n:?} is not a zone name"));
-        }
-        let path = zoneinfo.join(n);
-        let data = std::fs::read(&path).map_err(|e| {
-            format!(
-                "time zone {n:?} (the server's{}): cannot read {}: {e}",
-                if n == system { " system time zone" } else { "" },
-                path.display()
-            )
-        })?;
-        Zone::from_tzif(n, &data).map_err(|e| format!("{}: {e}", path.display()))
-    }
-
-    /// Parses a TZif file (RFC 8536), version 1 or the 64-bit data of version 2+.
-    pub fn from_tzif(name: &str, d: &[u8]) -> Result<Zone, String> {
-        fn be32(d: &[u8], at: usize) -> Result<u32, String> {
-            d.get(at..at + 4)
-                .map(|b| u32::from_be_bytes(b.try_into().expect("4")))
-                .ok_or_else(|| "truncated TZif file".to_string())
-        }
-        if d.len() < 44 || &d[..4] != b"TZif" {
-            return Err("not a TZif file".into());
-        }
-        let counts = |at: usize| -> Result<[usize; 6], String> {
-            let mut c = [0usize; 6];
-            for (i, v) in c.iter_mut().enumerate() {
-                *v = be32(d, at + 20 + 4 * i)? as usize;
-            }
-            Ok(c)
-        };
-        let [isut, isstd, leap, timecnt, typecnt, charcnt] = counts(0)?;
-        let mut at = 44;
-        let mut tsize = 4;
-        if d[4] >= b'2' {
-            at += timecnt * 4 + timecnt + typecnt * 6 + charcnt + leap * 8 + isstd + isut;
-            if d.get(at..at + 4) != Some(b"TZif") {
-                return Err("bad TZif version 2 header".into());
-            }
-            tsize = 8;
-        }
-        let [_, _, _, timecnt, typecnt, _] = counts(at)?;
-        at += 44;
-        let times_at = at;
-        let idx_at = times_at + timecnt * tsize;
-        let types_at = idx_at + timecnt;
-        if d.len() < types_at + typecnt * 6 || typecnt == 0 {
-            return Err("truncated TZif file".into());
-        }
-        let offset_of = |t: usize| -> Result<i32, String> {
-            if t >= typecnt {
-                return Err("TZif transition names a missing type".into());
-            }
-            Ok(be32(d, types_at + t * 6)? as i32)
-        };
-        let mut transitions = Vec::with_capacity(timecnt);
-        for i in 0..timecnt {
-            let t = if tsize == 8 {
-                i64::from_be_bytes(
-                    d[times_at + 8 * i..times_at + 8 * i + 8]
-                        .try_into()
-                        .expect("8"),
-                )
-            } else {
-                be32(d, times_at + 4 * i)? as i32 as i64
-            };
-            transitions.push((t, offset_of(d[idx_at + i] as usize)?));
-        }
-        // Before the first transition: the first standard-time type (type 0 by convention).
-        let initial = offset_of(0)?;
-        Ok(Zone {
-            name: name.to_string(),
-            initial,
-            transitions,
-        })
-    }
-
-    /// Offset from UTC at `t` (seconds since the epoch). Past the last transition of the
-    /// file (2037 in the "fat" files Debian ships) the last offset stays in force.
-    pub fn offset_at(&self, t: i64) -> i32 {
-        match self.transitions.partition_point(|(at, _)| *at <= t) {
-            0 => self.initial,
-            i => self.transitions[i - 1].1,
-        }
-    }
-}
-
-fn parse_offset(s: &str) -> Option<i32> {
-    let (sign, rest) = match s.as_bytes().first()? {
-        b'+' => (1, &s[1..]),
-        b'-' => (-1, &s[1..]),
-        _ => return None,
-    };
-    let (h, m) = rest.split_once(':')?;
-    let h: i32 = h.parse().ok()?;
-    let m: i32 = m.parse().ok()?;
-    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
-        return None;
-    }
-    Some(sign * (h * 3600 + m * 60))
-}
 
 /// How one column's values become key text.
 #[derive(Debug, Clone)]
@@ -1170,27 +1028,6 @@ mod tests {
     }
 
     #[test]
-    fn zones() {
-        let z = Zone::resolve(
-            "SYSTEM",
-            "Europe/Berlin",
-            std::path::Path::new("/usr/share/zoneinfo"),
-        )
-        .unwrap();
-        // 2024-01-31 12:34:56 UTC is 13:34:56 in Berlin (CET), 2024-07-01 in CEST.
-        assert_eq!(z.offset_at(1706704496), 3600);
-        assert_eq!(z.offset_at(1719835200), 7200);
-        let z = Zone::resolve("+05:30", "UTC", std::path::Path::new("/nonexistent")).unwrap();
-        assert_eq!(z.offset_at(0), 19800);
-        assert!(Zone::resolve(
-            "Nowhere/Nope",
-            "",
-            std::path::Path::new("/usr/share/zoneinfo")
-        )
-        .is_err());
-    }
-
-    #[test]
     fn temporal_forms() {
         let z = Arc::new(Zone::utc());
         let t = |form: TextForm, v: &[u8]| {
@@ -1217,5 +1054,51 @@ mod tests {
         );
         assert_eq!(t(TextForm::Date, &[0, 0, 0]), "0000-00-00");
         assert_eq!(t(TextForm::Year, &[124]), "2024");
+    }
+
+    fn col(ty: u8, meta: &[u8], unsigned: bool) -> ColSpec {
+        ColSpec::new(ty, meta, unsigned)
+    }
+
+    fn fmt(c: &ColSpec, v: &[u8]) -> String {
+        let meta = ColumnMeta {
+            labels: Some(std::sync::Arc::new(vec![b"a".to_vec(), b"b".to_vec()])),
+            ..Default::default()
+        };
+        let form = TextForm::of(c, &meta, &std::sync::Arc::new(Zone::utc()));
+        let mut out = Vec::new();
+        format(&form, v, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn integers_signed_and_unsigned() {
+        assert_eq!(fmt(&col(ty::TINY, &[], false), &[0xff]), "-1");
+        assert_eq!(fmt(&col(ty::TINY, &[], true), &[0xff]), "255");
+        assert_eq!(fmt(&col(ty::INT24, &[], false), &[0xff, 0xff, 0xff]), "-1");
+        assert_eq!(fmt(&col(ty::LONG, &[], false), &42u32.to_le_bytes()), "42");
+        assert_eq!(
+            fmt(&col(ty::LONGLONG, &[], true), &u64::MAX.to_le_bytes()),
+            "18446744073709551615"
+        );
+        assert_eq!(
+            fmt(&col(ty::LONGLONG, &[], false), &i64::MIN.to_le_bytes()),
+            "-9223372036854775808"
+        );
+    }
+
+    #[test]
+    fn enum_labels() {
+        // ENUM: STRING with meta [ENUM, 1].
+        let c = col(ty::STRING, &[ty::ENUM, 1], false);
+        assert_eq!(fmt(&c, &[2]), "b");
+    }
+
+    #[test]
+    fn decimal() {
+        // DECIMAL(5,2) value 123.45: intg 3 digits (2 bytes), frac 2 digits (1 byte).
+        let c = col(ty::NEWDECIMAL, &[5, 2], false);
+        let v = [0x80, 123, 45]; // sign bit set: positive
+        assert_eq!(fmt(&c, &v), "123.45");
     }
 }

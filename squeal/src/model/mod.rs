@@ -1,0 +1,33 @@
+//! Model: the data that flows between the stages, which every stage may name and none
+//! owns: where the stream stands ([`Position`]) and what a committed transaction hands on
+//! ([`Committed`], its keys in a [`transaction::TxnKeys`]).
+
+pub mod transaction;
+
+use transaction::TxnKeys;
+
+/// A binlog position: file and byte offset of the next event.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Position {
+    pub file: String,
+    pub pos: u64,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.pos)
+    }
+}
+
+/// A committed transaction: its keys and where the stream stands after its commit.
+pub struct Committed {
+    pub keys: TxnKeys,
+    pub pos: Position,
+    /// GTID of the transaction when the stream carries it (MySQL `uuid:n`, MariaDB `d-s-n`).
+    pub gtid: Option<String>,
+    /// Server timestamp of the commit event (seconds since the epoch).
+    pub commit_ts: u32,
+    /// Every target must be flushed once this transaction's keys (and everything before
+    /// them) are delivered, before anything after it (a table reset, on_table_reset=flush).
+    pub flush: bool,
+}
