@@ -17,6 +17,7 @@ pub mod config;
 pub mod delivery;
 pub mod extract;
 pub mod inspect;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod ratelimit;

@@ -37,17 +37,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let sub = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if cli.log_json {
-        sub.json().init();
-    } else {
-        sub.init();
-    }
+    squeal::logging::init(cli.log_json);
     let cfg = InspectConfig::load(&cli.config)?;
     if cli.check {
         println!("{}: ok", cli.config.display());
