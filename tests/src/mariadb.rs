@@ -25,6 +25,20 @@ pub struct MariaDbOptions {
     pub extra_args: Vec<String>,
 }
 
+impl MariaDbOptions {
+    /// A primary (server id 1) that does not fsync per commit: for tests and benchmarks
+    /// that commit a lot and do not test durability.
+    pub fn fast() -> MariaDbOptions {
+        MariaDbOptions {
+            server_id: 1,
+            extra_args: vec![
+                "--innodb-flush-log-at-trx-commit=2".into(),
+                "--sync-binlog=0".into(),
+            ],
+        }
+    }
+}
+
 impl MariaDb {
     /// A primary with server id 1.
     pub async fn start() -> Result<MariaDb> {

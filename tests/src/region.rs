@@ -68,10 +68,7 @@ impl Region {
     pub async fn start(opts: &RegionOptions) -> Result<Region> {
         let db = MariaDb::start_with(MariaDbOptions {
             server_id: opts.server_id,
-            extra_args: vec![
-                "--innodb-flush-log-at-trx-commit=2".into(),
-                "--sync-binlog=0".into(),
-            ],
+            ..MariaDbOptions::fast()
         })
         .await?;
         Region::around(db, opts)

@@ -18,14 +18,7 @@ keys = ["item:{id}", "item_group:{grp}"]
 "#;
 
 async fn db() -> Result<MariaDb> {
-    let db = MariaDb::start_with(MariaDbOptions {
-        server_id: 1,
-        extra_args: vec![
-            "--innodb-flush-log-at-trx-commit=2".into(),
-            "--sync-binlog=0".into(),
-        ],
-    })
-    .await?;
+    let db = MariaDb::start_with(MariaDbOptions::fast()).await?;
     db.exec(
         "CREATE DATABASE app; CREATE TABLE app.items (id INT PRIMARY KEY, grp INT, v INT) \
          ENGINE=InnoDB",

@@ -30,14 +30,7 @@ struct Outcome {
 
 /// One run: `holdoff` says whether the routers treat the cold cluster as being warmed.
 async fn run(holdoff: bool) -> Result<Outcome> {
-    let db = MariaDb::start_with(MariaDbOptions {
-        server_id: 1,
-        extra_args: vec![
-            "--innodb-flush-log-at-trx-commit=2".into(),
-            "--sync-binlog=0".into(),
-        ],
-    })
-    .await?;
+    let db = MariaDb::start_with(MariaDbOptions::fast()).await?;
     db.exec(&format!(
         "CREATE DATABASE shop; CREATE TABLE shop.users (id INT PRIMARY KEY, version INT NOT NULL); \
          INSERT INTO shop.users SELECT seq, 0 FROM shop.seq_0_to_{}",
