@@ -94,6 +94,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let plan = Arc::new(plan);
     let cfg = &plan.config;
     let process = Arc::new(router::plan::Process::new(plan.clone()));
+    // Metrics first: the invalidation side replays its spool as soon as it starts, and a
+    // counter bumped before the recorder is installed is lost.
+    match cfg.admin {
+        Some(admin) => router::admin::metrics::start(admin, process.clone())?,
+        // Unconfigured: the default loopback port, if it is free (several routers on one
+        // host each need their own `admin` to be scraped).
+        None => {
+            let admin = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT));
+            if let Err(e) = router::admin::metrics::start(admin, process.clone()) {
+                tracing::warn!("metrics not served: {e:#}");
+            }
+        }
+    }
     // The invalidation side binds its port and opens its spool first: once the client
     // port accepts connections, the whole router is up (tests and health checks wait for
     // the client port only).
@@ -110,17 +123,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         per_worker.push(ls);
-    }
-    match cfg.admin {
-        Some(admin) => router::admin::metrics::start(admin, process.clone())?,
-        // Unconfigured: the default loopback port, if it is free (several routers on one
-        // host each need their own `admin` to be scraped).
-        None => {
-            let admin = std::net::SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT));
-            if let Err(e) = router::admin::metrics::start(admin, process.clone()) {
-                tracing::warn!("metrics not served: {e:#}");
-            }
-        }
     }
     tracing::info!(
         listen = ?cfg.listen,

@@ -708,7 +708,11 @@ fn spooled_deletes_survive_a_router_crash() -> Result<()> {
     let b1_addr = r.b[1].addr();
     set_everywhere(&[&r.b[1]], "survivor")?;
     r.b[1].server.signal("STOP");
-    let acks = send(r.inv_port, SECRET, &[batch(1, &["survivor"], &[])])?;
+    // "survivor" and 299 more keys: pool b is replicated, so all are spooled for b[1].
+    let mut keys = vec!["survivor".to_string()];
+    keys.extend((0..299).map(|i| format!("item:{i}")));
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let acks = send(r.inv_port, SECRET, &[batch(1, &refs, &[])])?;
     assert_eq!(acks[0].status, AckStatus::Applied);
     r.router.restart()?; // SIGKILL, then start again with the same spool dir
     r.b[1].server.signal("CONT");
@@ -717,9 +721,13 @@ fn spooled_deletes_survive_a_router_crash() -> Result<()> {
         Duration::from_secs(20),
         || {
             Ok(McClient::connect(&b1_addr)?.get("survivor")?.is_none()
-                && r.router.metric("squeal_router_spool_replayed_total") >= 1.0)
+                && r.router.metric("squeal_router_spool_replayed_total") >= 300.0)
         },
-    )
+    )?;
+    // Every replayed delete is counted, also those replayed before the first scrape.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(r.router.metric("squeal_router_spool_replayed_total"), 300.0);
+    Ok(())
 }
 
 /// A cluster being warmed gets tombstones instead of deletes: an `add` of a just-invalidated
