@@ -13,7 +13,7 @@
 //!   format ([`batch`]).
 //!
 //! It also holds the one durable atomic file write every party's state files use
-//! ([`durable`]).
+//! ([`durable`]) and systemd's readiness notification ([`systemd`]).
 
 pub mod annotation;
 pub mod batch;
@@ -22,3 +22,4 @@ pub mod holdoff;
 pub mod key;
 pub mod memcache;
 pub mod remote;
+pub mod systemd;

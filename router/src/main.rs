@@ -144,6 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .spawn(move || worker::run(id, process, open, ls))?,
         );
     }
+    // Every address is bound and every worker runs: systemd's Type=notify may go on.
+    if let Err(e) = marker::systemd::notify_ready() {
+        tracing::warn!("systemd readiness notification failed: {e}");
+    }
     for t in threads {
         match t.join() {
             Ok(Ok(())) => {}

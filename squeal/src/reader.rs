@@ -172,6 +172,10 @@ impl Reader {
                 Ok(Some(Ok(ev))) => ev,
             };
             metrics::gauge!("squeal_up").set(1.0);
+            // Reading the binlog: systemd's Type=notify may go on (a repeat is harmless).
+            if let Err(e) = marker::systemd::notify_ready() {
+                tracing::warn!("systemd readiness notification failed: {e}");
+            }
             self.backoff = Duration::from_millis(self.cfg.source.reconnect_min_ms);
             self.event(&ev).await?;
         }

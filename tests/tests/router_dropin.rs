@@ -272,3 +272,40 @@ fn auto_eject_hosts_moves_a_dead_servers_keys_to_the_rest() {
         .unwrap();
     assert!(rehashes >= on_a.len(), "{rehashes} rehashes counted");
 }
+
+/// systemd's `Type=notify`: the router says `READY=1` on `$NOTIFY_SOCKET` once it serves.
+#[test]
+fn the_router_tells_systemd_when_it_is_ready() {
+    let m = Memcached::start().unwrap();
+    let port = free_port();
+    let dir = server_dir("dropin").unwrap();
+    let conf = dir.path().join("router.toml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen = [\"127.0.0.1:{port}\"]\nadmin = \"127.0.0.1:{}\"\nroute = \"main\"\n[pools.main]\nservers = [\"{}\"]\n",
+            free_port(),
+            m.addr()
+        ),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut cmd = std::process::Command::new(harness::project::bin("squeal-router"));
+    cmd.arg("--config")
+        .arg(&conf)
+        .env("NOTIFY_SOCKET", &sock_path);
+    let _router = harness::Server::spawn(
+        "router",
+        server_dir("router").unwrap(),
+        cmd,
+        harness::process::loopback(port),
+        std::time::Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut buf = [0u8; 64];
+    let n = sock.recv(&mut buf).expect("READY=1 within 10 s");
+    assert_eq!(&buf[..n], b"READY=1");
+}
