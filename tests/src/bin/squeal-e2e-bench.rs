@@ -4,6 +4,10 @@
 //! (p50/p99/p999), deletes per packet, squeal's lag, and the stale keys found after the
 //! writers stop and the pipeline drains, and the nines squeal-inspect measured (5 % of the
 //! commits read back from both clusters at 1 s and 5 s; its reads are part of the load).
+//! A second table says where the time goes at each rate: the mean time a packet's first
+//! key waited in squeal's batcher, squeal's sink round trip to the routers'
+//! acknowledgement, and the routers' apply time (deletes to every cluster), from the
+//! programs' own histograms.
 //!
 //!   bash tests/bench/e2e.sh        (builds in release, then runs this)
 
@@ -43,6 +47,65 @@ struct Histogram {
     buckets: Vec<(f64, f64)>,
     sum: f64,
     count: f64,
+}
+
+/// The sum and count of every series of histogram `name` in a Prometheus text (all label
+/// sets added up): a mean over an interval is the difference of two readings.
+fn sum_count(text: &str, name: &str) -> (f64, f64) {
+    let (mut sum, mut count) = (0.0, 0.0);
+    for line in text.lines() {
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let series = key.split('{').next().unwrap_or(key);
+        let v: f64 = value.parse().unwrap_or(0.0);
+        if series == format!("{name}_sum") {
+            sum += v;
+        } else if series == format!("{name}_count") {
+            count += v;
+        }
+    }
+    (sum, count)
+}
+
+/// The stages of one invalidation, as the programs measure them: (label, histogram, from
+/// squeal or from the routers).
+const STAGES: [(&str, &str, bool); 3] = [
+    ("batcher wait", "squeal_batch_wait_seconds", true),
+    // The round trip includes the routers' apply time.
+    ("sink round trip", "squeal_sink_latency_seconds", true),
+    (
+        "router apply",
+        "squeal_router_invalidation_apply_seconds",
+        false,
+    ),
+];
+
+/// Each stage's (sum, count) now.
+fn stages(region: &Region) -> Vec<(f64, f64)> {
+    let squeal = region
+        .squeal
+        .as_ref()
+        .and_then(|s| s.metrics_text().ok())
+        .unwrap_or_default();
+    let routers: Vec<String> = region
+        .routers
+        .iter()
+        .filter_map(|r| r.metrics_text().ok())
+        .collect();
+    STAGES
+        .iter()
+        .map(|(_, name, in_squeal)| {
+            if *in_squeal {
+                sum_count(&squeal, name)
+            } else {
+                routers.iter().fold((0.0, 0.0), |(s, c), t| {
+                    let (s2, c2) = sum_count(t, name);
+                    (s + s2, c + c2)
+                })
+            }
+        })
+        .collect()
 }
 
 impl Histogram {
@@ -108,9 +171,11 @@ async fn main() -> Result<()> {
         "lag s",
         "stale"
     );
+    let mut breakdown = Vec::new();
     for rate in [Some(100.0), Some(1000.0), None] {
         let squeal = region.squeal.as_ref().expect("started");
         let before = Histogram::read(squeal);
+        let stages_before = stages(&region);
         let inspected_before = inspector.consistency(&horizons);
         let report = workload::run(
             &region,
@@ -124,6 +189,11 @@ async fn main() -> Result<()> {
             },
         )
         .await?;
+        let means: Vec<String> = stages(&region)
+            .iter()
+            .zip(&stages_before)
+            .map(|((s, c), (s0, c0))| format!("{:>16.3}", (s - s0) / (c - c0).max(1.0) * 1e3))
+            .collect();
         let squeal = region.squeal.as_ref().expect("started");
         let (mean, median) = keys_per_packet(squeal, &before);
         inspector.wait_idle(Duration::from_secs(60))?;
@@ -162,7 +232,18 @@ async fn main() -> Result<()> {
             format!("{}/{}", report.stale, report.checked),
             inspected.join(" | "),
         );
+        breakdown.push(format!(
+            "{:>12} {}",
+            rate.map_or("full speed".to_string(), |r| format!("{r}/s")),
+            means.join(" ")
+        ));
         anyhow::ensure!(report.stale == 0, "stale keys at rate {rate:?}");
+    }
+    println!("where the time goes (mean ms per packet; MariaDB's whole-second commit times leave the receive stage unmeasured):");
+    let heads: Vec<String> = STAGES.iter().map(|(l, _, _)| format!("{l:>16}")).collect();
+    println!("{:>12} {}", "write rate", heads.join(" "));
+    for line in breakdown {
+        println!("{line}");
     }
     // Keep the region alive until the end of main so every server is killed on drop.
     drop(inspector);
