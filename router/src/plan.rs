@@ -186,7 +186,7 @@ mod tests {
             ("[route]\ntype = \"teleport\"\n", 3, "unknown route type \"teleport\" (one of pool, prefix, operation, all-sync, all-async, all-initial, random, failover, miss-failover, master-slave-l1, warmup)"),
             ("[route]\ntype = \"failover\"\nchildren = [\"main\"]\nholdoff_secs = 2\n", 5, "`holdoff_secs` does not apply to a \"failover\" route (it takes: children, gutter_ttl)"),
             ("route = \"x\"\n[routes.x]\ntype = \"all-sync\"\nchildren = [\"y\"]\n[routes.y]\ntype = \"random\"\nchildren = [\"x\"]\n", 8, "route \"x\" refers to itself (x -> y -> x)"),
-            ("[route]\ntype = \"failover\"\nchildren = [\"main\"]\ngutter_ttl = -1\n", 5, "gutter_ttl must be between 1 and 2592000, not -1"),
+            ("[route]\ntype = \"failover\"\nchildren = [\"main\"]\ngutter_ttl = -1\n", 5, "gutter_ttl must be 0 (no cap) or between 1 and 2592000, not -1"),
             ("[route]\ntype = \"warmup\"\ncold = \"main\"\n", 3, "type \"warmup\" needs `warm`"),
             ("[route]\ntype = \"all-sync\"\nchildren = []\n", 4, "`children` is empty"),
             ("[route]\ntype = \"all-sync\"\nchildren = \"main\"\n", 4, "invalid type: string \"main\", expected a sequence"),

@@ -47,7 +47,14 @@ fn parse(p: &mut Parser, t: &Table) -> Result<RouteSpec, ConfigError> {
                 kind: RawKind::Integer(0),
                 ..
             }) => 0,
-            _ => p.seconds(t, "gutter_ttl", DEFAULT_GUTTER_TTL, 2_592_000)?,
+            _ => p
+                .seconds(t, "gutter_ttl", DEFAULT_GUTTER_TTL, 2_592_000)
+                .map_err(|mut e| {
+                    e.message = e
+                        .message
+                        .replace("must be between 1", "must be 0 (no cap) or between 1");
+                    e
+                })?,
         },
     }))
 }
