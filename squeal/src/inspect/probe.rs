@@ -189,6 +189,12 @@ fn io(e: std::io::Error) -> Failure {
     Failure("error", e.to_string())
 }
 
+/// Sends `cmd` and reads the first line of the answer.
+async fn ask(c: &mut Conn, cmd: &[u8]) -> Result<String, Failure> {
+    c.stream.get_mut().write_all(cmd).await.map_err(io)?;
+    line(c).await
+}
+
 async fn line(c: &mut Conn) -> Result<String, Failure> {
     let mut l = String::new();
     let n = c.stream.read_line(&mut l).await.map_err(io)?;
@@ -200,14 +206,9 @@ async fn line(c: &mut Conn) -> Result<String, Failure> {
 
 /// `stats`: the server's pid and start time (`time - uptime`).
 async fn identity(c: &mut Conn) -> Result<(u64, u64), Failure> {
-    c.stream
-        .get_mut()
-        .write_all(b"stats\r\n")
-        .await
-        .map_err(io)?;
+    let mut l = ask(c, b"stats\r\n").await?;
     let (mut pid, mut time, mut uptime) = (0u64, 0u64, 0u64);
     loop {
-        let l = line(c).await?;
         if l == "END" {
             break;
         }
@@ -223,6 +224,7 @@ async fn identity(c: &mut Conn) -> Result<(u64, u64), Failure> {
             "uptime" => uptime = v,
             _ => {}
         }
+        l = line(c).await?;
     }
     // Start time in seconds may wobble by one between two reads: round to 4 s.
     Ok((pid, time.saturating_sub(uptime) / 4))
@@ -235,12 +237,7 @@ async fn store_heartbeat(c: &mut Conn, key: String) -> Result<u64, Failure> {
             "ms {key} {} c T{HEARTBEAT_TTL_SECS}\r\n{value}\r\n",
             value.len()
         );
-        c.stream
-            .get_mut()
-            .write_all(cmd.as_bytes())
-            .await
-            .map_err(io)?;
-        let l = line(c).await?;
+        let l = ask(c, cmd.as_bytes()).await?;
         if let Some(rest) = l.strip_prefix("HD") {
             return flag_c(rest)
                 .ok_or_else(|| Failure("protocol", format!("ms answered {l:?} without a CAS")));
@@ -256,12 +253,7 @@ async fn store_heartbeat(c: &mut Conn, key: String) -> Result<u64, Failure> {
         "set {key} 0 {HEARTBEAT_TTL_SECS} {}\r\n{value}\r\n",
         value.len()
     );
-    c.stream
-        .get_mut()
-        .write_all(cmd.as_bytes())
-        .await
-        .map_err(io)?;
-    let l = line(c).await?;
+    let l = ask(c, cmd.as_bytes()).await?;
     if l != "STORED" {
         return Err(Failure("protocol", format!("set answered {l:?}")));
     }
@@ -274,12 +266,7 @@ async fn store_heartbeat(c: &mut Conn, key: String) -> Result<u64, Failure> {
 
 async fn read_cas(c: &mut Conn, key: String) -> Result<Option<u64>, Failure> {
     if c.dialect == Dialect::Meta {
-        c.stream
-            .get_mut()
-            .write_all(format!("mg {key} c\r\n").as_bytes())
-            .await
-            .map_err(io)?;
-        let l = line(c).await?;
+        let l = ask(c, format!("mg {key} c\r\n").as_bytes()).await?;
         if l == "EN" {
             return Ok(None);
         }
@@ -299,12 +286,7 @@ async fn read_cas(c: &mut Conn, key: String) -> Result<Option<u64>, Failure> {
 
 /// `gets key`: the CAS, or `None` when absent (the value is read and discarded).
 async fn gets_cas(c: &mut Conn, key: &str) -> Result<Option<u64>, Failure> {
-    c.stream
-        .get_mut()
-        .write_all(format!("gets {key}\r\n").as_bytes())
-        .await
-        .map_err(io)?;
-    let l = line(c).await?;
+    let l = ask(c, format!("gets {key}\r\n").as_bytes()).await?;
     if l == "END" {
         return Ok(None);
     }
