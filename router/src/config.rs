@@ -418,23 +418,37 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
+        let (text, converted) = Config::toml_text(path)?;
+        Config::parse_toml(&path.display().to_string(), &text, converted)
+    }
+
+    /// The config at `path` as router TOML, and whether it was converted (from a
+    /// nutcracker.yml or an mcrouter JSON file, by [`Config::converted`]).
+    pub fn toml_text(path: &Path) -> Result<(String, bool), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
+            file: path.display().to_string(),
             line: 0,
             column: 0,
             message: format!("cannot read: {e}"),
         })?;
-        let Some(converted) = Config::converted(path, &text)? else {
-            return Config::parse(&file, &text);
-        };
-        Config::parse(&file, &converted).map_err(|mut e| {
-            e.message = format!(
-                "{} (line {} of the TOML converted from it; `squeal-router --print-toml` shows it)",
-                e.message, e.line
-            );
-            e.line = 0;
-            e.column = 0;
+        Ok(match Config::converted(path, &text)? {
+            Some(toml) => (toml, true),
+            None => (text, false),
+        })
+    }
+
+    /// [`Config::parse`]; for converted TOML the error points into the conversion (the
+    /// operator's file has no such line).
+    pub fn parse_toml(file: &str, text: &str, converted: bool) -> Result<Config, ConfigError> {
+        Config::parse(file, text).map_err(|mut e| {
+            if converted {
+                e.message = format!(
+                    "{} (line {} of the TOML converted from it; `squeal-router --print-toml` shows it)",
+                    e.message, e.line
+                );
+                e.line = 0;
+                e.column = 0;
+            }
             e
         })
     }

@@ -66,12 +66,11 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     if cli.print_toml {
-        let text = std::fs::read_to_string(&cli.config)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", cli.config.display()))?;
-        let toml = Config::converted(&cli.config, &text)?.unwrap_or(text);
+        let (toml, converted) = Config::toml_text(&cli.config)?;
         print!("{toml}");
         // Say so if the result would not start.
-        Plan::new(Config::parse(&cli.config.display().to_string(), &toml)?)?;
+        let file = cli.config.display().to_string();
+        Plan::new(Config::parse_toml(&file, &toml, converted)?)?;
         return Ok(());
     }
     let mut config = Config::load(&cli.config)?;

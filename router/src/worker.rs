@@ -161,8 +161,8 @@ impl LiveRoute {
         if self.process.generation.load(Ordering::Relaxed) != self.generation.get() {
             self.rebuild();
         }
-        let tree = self.trees.borrow().get(root).cloned();
-        match tree {
+        // The borrow lasts the call, as it did with one tree: routing never rebuilds.
+        match self.trees.borrow().get(root) {
             Some(t) => t.route(req, done),
             None => ErrorRoute("no route").route(req, done),
         }

@@ -67,10 +67,17 @@ impl PoolRoute {
         let server = self.placement.server_for(key);
         match &self.ejected {
             Some(cache) if self.health.get(server).is_some_and(|w| w.is_down()) => {
-                let out: Vec<bool> = self.health.iter().map(|w| w.is_down()).collect();
                 let mut c = cache.borrow_mut();
-                if c.0 != out {
-                    *c = (out.clone(), self.placement.without(&out));
+                // Rebuilt only when the set of servers out changed.
+                if !self
+                    .health
+                    .iter()
+                    .map(|w| w.is_down())
+                    .eq(c.0.iter().copied())
+                {
+                    let out: Vec<bool> = self.health.iter().map(|w| w.is_down()).collect();
+                    let without = self.placement.without(&out);
+                    *c = (out, without);
                 }
                 match &c.1 {
                     Some((live, index)) => {
