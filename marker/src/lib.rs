@@ -1,7 +1,7 @@
 //! The contract every Squeal party shares.
 //!
 //! Applications, `squeal` and `squeal-router` must agree byte for byte on three formats, so
-//! they live here, in a crate with no runtime dependencies that any of them can link:
+//! they live here, in a crate with no async runtime that any of them can link:
 //!
 //! - memcache key rules ([`key`]): what a legal key is, checked the same way everywhere;
 //! - the SQL annotation format that embeds invalidation keys in a statement comment
@@ -13,7 +13,8 @@
 //!   format ([`batch`]).
 //!
 //! It also holds the one durable atomic file write every party's state files use
-//! ([`durable`]) and systemd's readiness notification ([`systemd`]).
+//! ([`durable`]), systemd's readiness notification ([`systemd`]) and the TLS settings
+//! every party reads from PEM files ([`tls`]).
 
 pub mod annotation;
 pub mod batch;
@@ -23,3 +24,4 @@ pub mod key;
 pub mod memcache;
 pub mod remote;
 pub mod systemd;
+pub mod tls;

@@ -21,14 +21,13 @@ use std::sync::Arc;
 use std::task::Poll;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::net::TcpStream;
 
 use crate::config::Limits;
 use crate::plan::Process;
 use crate::protocol::{self, Parsed, Step};
 use crate::reply_queue::{Replies, FAIR_SHARE};
 use crate::route::{Completion, Route};
-use crate::socket::{read_drained, write_queued};
+use crate::socket::Transport;
 use crate::stats::WorkerStats;
 
 /// What every connection of a worker shares.
@@ -166,8 +165,8 @@ impl Conn {
 }
 
 /// Serves one client until it disconnects, quits or breaks the protocol.
-pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(mut stream: Transport, ctx: Rc<ClientCtx>) {
+    stream.set_nodelay();
     let mut c = Conn {
         replies: Replies::new(
             ctx.limits.max_client_output.saturating_mul(2),
@@ -201,7 +200,7 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
             let mut progress = c.dispatch(&ctx);
             c.collect();
             // Write what is ready in one go.
-            match write_queued(&stream, cx, &mut c.out) {
+            match stream.poll_write_queued(cx, &mut c.out) {
                 Ok(0) => {}
                 Ok(w) => {
                     stats.bytes_written.add(w as u64);
@@ -221,27 +220,19 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
                 && c.out_bytes < ctx.limits.max_client_output
                 && c.outstanding() < ctx.limits.max_pending_per_client;
             if may_read {
-                match stream.poll_read_ready(cx) {
+                match stream.poll_read_into(cx, &mut c.rbuf, 4096, 16 * 1024) {
                     Poll::Pending => {}
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Ready(Ok(())) => {
-                        if c.rbuf.capacity() - c.rbuf.len() < 4096 {
-                            c.rbuf.reserve(16 * 1024);
-                        }
-                        match read_drained(&stream, &mut c.rbuf) {
-                            Ok(0) => {
-                                c.eof = true;
-                                // A request cut off mid-value is dropped, as memcached does.
-                                progress = true;
-                            }
-                            Ok(n) => {
-                                stats.bytes_read.add(n as u64);
-                                progress = true;
-                            }
-                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => progress = true,
-                            Err(e) => return Poll::Ready(Err(e)),
-                        }
+                    Poll::Ready(Ok(0)) => {
+                        c.eof = true;
+                        // A request cut off mid-value is dropped, as memcached does.
+                        progress = true;
                     }
+                    Poll::Ready(Ok(n)) => {
+                        stats.bytes_read.add(n as u64);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => progress = true,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 }
             }
             if !progress {
@@ -254,6 +245,8 @@ pub async fn serve(stream: TcpStream, ctx: Rc<ClientCtx>) {
         }
     })
     .await;
+    // TLS: what rustls still holds, and its close_notify (plain TCP: nothing to do).
+    stream.close(std::time::Duration::from_secs(1)).await;
     // Free what the client left behind now, not when the last in-flight reply arrives.
     let held = c.replies.held();
     c.out.clear();

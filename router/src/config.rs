@@ -33,6 +33,22 @@
 //! max_client_output = 4194304         # unread reply bytes per client (x2: disconnected)
 //! max_buffered_output = 1073741824     # unread reply bytes in the whole process
 //! max_get_line = 16777216              # longest get/gets/gat/gats line
+//!
+//! [tls]                             # optional: the certificate of TLS ports
+//! cert = "/etc/squeal/router.crt"   # PEM chain, leaf first (re-read on SIGHUP)
+//! key = "/etc/squeal/router.key"
+//! # client_ca = "/etc/squeal/clients-ca.crt"   # mutual TLS: clients need a cert from it
+//! # handshake_timeout_ms = 5000
+//!
+//! [listeners."127.0.0.1:11312"]     # a port of its own that requires TLS
+//! route = "main"
+//! tls = true
+//!
+//! [pools.main.tls]                  # optional: TLS to this pool's servers
+//! ca = "/etc/squeal/memcached-ca.crt"
+//! # server_name = "cache.internal" # default: each server's host as written
+//! # cert = "..."                    # a client certificate, if memcached asks for one
+//! # key = "..."
 //! ```
 //!
 //! Route trees (`[route] type = ...`, `[routes.NAME]`) are kept as written ([`RawRoutes`]):
@@ -45,7 +61,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::de::{self, MapAccess, SeqAccess, Visitor};
@@ -216,6 +232,27 @@ struct RawConfig {
     pools: BTreeMap<String, Spanned<RawPool>>,
     /// The receiving end of squeal's invalidations (see `crate::invalidation`).
     invalidation: Option<Spanned<invalidation::InvalidationConfig>>,
+    /// The certificate TLS ports serve (`[listeners."addr"] tls = true`, `[invalidation]
+    /// tls = true`).
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: Spanned<String>,
+    key: Spanned<String>,
+    client_ca: Option<Spanned<String>>,
+    handshake_timeout_ms: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoolTls {
+    ca: Spanned<String>,
+    server_name: Option<Spanned<String>>,
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,12 +267,16 @@ struct RawPool {
     eject_after: Option<Spanned<i64>>,
     eject_retry_ms: Option<Spanned<i64>>,
     connections: Option<Spanned<i64>>,
+    tls: Option<Spanned<RawPoolTls>>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawListener {
     route: Spanned<SpannedToml>,
+    /// The port requires TLS (with `[tls]`'s certificate).
+    #[serde(default)]
+    tls: bool,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -273,6 +314,10 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// Per `listen` address, which of `routes.roots` serves it.
     pub listen_routes: Vec<usize>,
+    /// Per `listen` address, whether it requires TLS.
+    pub listen_tls: Vec<bool>,
+    /// `[tls]`: the certificate TLS ports serve (files read by `crate::tls`).
+    pub tls: Option<TlsFiles>,
     pub admin: Option<SocketAddr>,
     pub workers: usize,
     /// The route tree serving client traffic, as written (see [`crate::route::spec`]).
@@ -303,12 +348,43 @@ pub struct Pool {
     pub eject: Option<Health>,
     pub connections: usize,
     pub servers: Vec<Server>,
+    /// `[pools.NAME.tls]`: the pool's servers speak TLS.
+    pub tls: Option<PoolTls>,
+}
+
+/// `[tls]`: files and settings, as written (the files are read, and checked, by
+/// `crate::tls` when a plan is built: at start, `--check` and every reload).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// Where `[tls]` is written, for errors about its files.
+    pub at: At,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Mutual TLS: only clients with a certificate issued by this CA are served.
+    pub client_ca: Option<PathBuf>,
+    /// Time a new connection to a TLS port has to send its first byte and finish the
+    /// handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// `[pools.NAME.tls]`: how the router checks the pool's servers, and what it presents.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolTls {
+    pub at: At,
+    /// CA bundle the servers' certificates must chain to.
+    pub ca: PathBuf,
+    /// The name every server's certificate must be valid for; `None`: each server's host.
+    pub server_name: Option<String>,
+    /// A client certificate and key, for servers that verify clients.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Server {
     /// As written (`host:port`), for stats.
     pub label: String,
+    /// The host as written: the name a TLS server's certificate is checked against.
+    pub host: String,
     pub addr: SocketAddr,
     pub weight: u32,
     /// The string ketama hashes (twemproxy's rule).
@@ -493,7 +569,39 @@ impl Config {
             }
         })?;
 
-        let (listen, listen_routes, roots) = listeners(&cx, &mut raw)?;
+        let (listen, listen_routes, listen_tls, roots) = listeners(&cx, &mut raw)?;
+        let tls = match &raw.tls {
+            None => None,
+            Some(t) => {
+                let r = t.get_ref();
+                Some(TlsFiles {
+                    at: cx.at(t.span()),
+                    cert: PathBuf::from(r.cert.get_ref()),
+                    key: PathBuf::from(r.key.get_ref()),
+                    client_ca: r.client_ca.as_ref().map(|c| PathBuf::from(c.get_ref())),
+                    handshake_timeout: Duration::from_millis(cx.int(
+                        &r.handshake_timeout_ms,
+                        "handshake_timeout_ms",
+                        5000,
+                        1,
+                        600_000,
+                    )? as u64),
+                })
+            }
+        };
+        if tls.is_none() {
+            if let Some(i) = listen_tls.iter().position(|&t| t) {
+                return Err(ConfigError {
+                    file: file.to_string(),
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "listener {} has tls = true but there is no [tls] table with cert and key",
+                        listen[i]
+                    ),
+                });
+            }
+        }
         let admin = raw
             .admin
             .as_ref()
@@ -606,6 +714,12 @@ impl Config {
                 inv.get_ref()
                     .validate(|name| pools.iter().any(|p| p.name == name))
                     .map_err(|e| cx.err(inv.span(), format!("{e:#}")))?;
+                if inv.get_ref().tls && tls.is_none() {
+                    return Err(cx.err(
+                        inv.span(),
+                        "[invalidation] tls = true needs a [tls] table with cert and key",
+                    ));
+                }
                 Some(inv.get_ref().clone())
             }
         };
@@ -621,6 +735,8 @@ impl Config {
         Ok(Config {
             listen,
             listen_routes,
+            listen_tls,
+            tls,
             admin,
             workers,
             routes,
@@ -736,8 +852,39 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
             })
         }
     };
+    let tls = match &p.tls {
+        None => None,
+        Some(t) => {
+            let r = t.get_ref();
+            let client = match (&r.cert, &r.key) {
+                (None, None) => None,
+                (Some(c), Some(k)) => {
+                    Some((PathBuf::from(c.get_ref()), PathBuf::from(k.get_ref())))
+                }
+                (Some(c), None) => {
+                    return Err(cx.err(
+                        c.span(),
+                        "cert needs key (the client certificate's private key)",
+                    ))
+                }
+                (None, Some(k)) => {
+                    return Err(cx.err(k.span(), "key needs cert (the client certificate)"))
+                }
+            };
+            if let Some(n) = &r.server_name {
+                marker::tls::server_name(n.get_ref()).map_err(|e| cx.err(n.span(), e.0))?;
+            }
+            Some(PoolTls {
+                at: cx.at(t.span()),
+                ca: PathBuf::from(r.ca.get_ref()),
+                server_name: r.server_name.as_ref().map(|n| n.get_ref().clone()),
+                client,
+            })
+        }
+    };
     Ok(Pool {
         name: name.clone(),
+        tls,
         distribution,
         hash,
         hash_tag,
@@ -750,13 +897,15 @@ fn validate_pool(cx: &Ctx, name: &String, pool: &Spanned<RawPool>) -> Result<Poo
 }
 
 /// `listen` + `route`, and `[listeners."addr"] route = ...`: every address to bind, which
-/// root route serves each, and the roots as written. Each address once; at least one.
+/// root route serves each, whether it requires TLS, and the roots as written. Each address
+/// once; at least one.
 #[allow(clippy::type_complexity)]
 fn listeners(
     cx: &Ctx,
     raw: &mut RawConfig,
-) -> Result<(Vec<SocketAddr>, Vec<usize>, Vec<RawValue>), ConfigError> {
-    let (mut listen, mut which, mut roots) = (Vec::new(), Vec::new(), Vec::new());
+) -> Result<(Vec<SocketAddr>, Vec<usize>, Vec<bool>, Vec<RawValue>), ConfigError> {
+    let (mut listen, mut which, mut tls, mut roots) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     match (raw.listen.take(), raw.route.take()) {
         (Some(l), Some(r)) => {
             if l.get_ref().is_empty() {
@@ -765,6 +914,7 @@ fn listeners(
             for a in l.get_ref() {
                 listen.push(socket_addr(cx, a)?);
                 which.push(0);
+                tls.push(false);
             }
             roots.push(cx.raw(r));
         }
@@ -796,9 +946,11 @@ fn listeners(
         }
         listen.push(a);
         which.push(roots.len());
-        roots.push(cx.raw(l.into_inner().route));
+        let l = l.into_inner();
+        tls.push(l.tls);
+        roots.push(cx.raw(l.route));
     }
-    Ok((listen, which, roots))
+    Ok((listen, which, tls, roots))
 }
 
 /// `weights` goes with `distribution = "weighted_ch3"` and only with it: one fraction in
@@ -907,6 +1059,7 @@ fn parse_server(s: &str) -> Result<Server, String> {
     });
     Ok(Server {
         label: format!("{host}:{port}"),
+        host: host.to_string(),
         addr,
         weight,
         ketama_name,

@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The modules are layered, each importing only those below it: counters ([`stats`]),
-//! [`socket`], [`protocol`], [`reply_queue`], [`placement`], [`config`], [`plan`],
+//! [`socket`], [`protocol`], [`reply_queue`], [`placement`], [`config`], [`tls`], [`plan`],
 //! [`backend`], [`route`], [`invalidation`], [`admin`], [`client`] and [`listener`],
 //! [`worker`] (router/README.md, "Layout").
 //!
@@ -34,4 +34,5 @@ pub mod reply_queue;
 pub mod route;
 pub mod socket;
 pub mod stats;
+pub mod tls;
 pub mod worker;

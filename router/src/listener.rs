@@ -1,16 +1,30 @@
 //! Listening sockets: one per worker and address, bound with `SO_REUSEPORT` so the kernel
 //! spreads new connections over the workers and no thread hands sockets to another.
+//!
+//! A port that requires TLS looks at a new connection's first byte: a TLS client starts
+//! with a handshake record (0x16); anything else is a plain-text client on the wrong port,
+//! which is told `SERVER_ERROR this port requires TLS` (counted as
+//! `clients_closed_total{reason="not_tls"}`) and closed, rather than left to time out on
+//! bytes it cannot read.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::client::{self, ClientCtx};
+use crate::socket::Transport;
+
+/// What a plain-text client on a TLS port reads before the port closes.
+pub const NOT_TLS_REPLY: &[u8] = b"SERVER_ERROR this port requires TLS\r\n";
+
+/// Refused TLS clients, logged at most once a second (process-wide).
+static TLS_LOG: crate::lograte::Every = crate::lograte::Every::new(Duration::from_secs(1));
 
 /// Binds a listening socket that other workers may bind too. Bound before workers start,
 /// so an address in use stops the router at once with a clear error.
@@ -24,12 +38,14 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accepts connections for one worker until the process ends.
+/// Accepts connections for one worker until the process ends. With `tls` (the handshake
+/// timeout), every connection must speak TLS with the current `[tls]` certificate.
 pub async fn accept_loop(
     listener: std::net::TcpListener,
     ctx: Rc<ClientCtx>,
     open: Arc<AtomicUsize>,
     max_connections: usize,
+    tls: Option<Duration>,
 ) {
     let listener = match TcpListener::from_std(listener) {
         Ok(l) => l,
@@ -62,8 +78,91 @@ pub async fn accept_loop(
         let ctx = ctx.clone();
         let open = open.clone();
         tokio::task::spawn_local(async move {
-            client::serve(stream, ctx).await;
+            let transport = match tls {
+                None => Some(Transport::Plain(stream)),
+                Some(within) => tls_accept(stream, &ctx, within).await,
+            };
+            match transport {
+                Some(t) => client::serve(t, ctx).await,
+                None => ctx.stats.closed_connections.add(1),
+            }
             open.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// The TLS side of a new connection on a TLS port: the session once the handshake is
+/// done, `None` (counted, and logged at most once a second) otherwise.
+async fn tls_accept(stream: TcpStream, ctx: &ClientCtx, within: Duration) -> Option<Transport> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(within, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        // Closed before a byte: a port probe, nothing to tell.
+        Ok(_) => return None,
+        Err(_) => {
+            ctx.stats.tls_handshake_failures.add(1);
+            log_refusal("sent nothing within [tls] handshake_timeout_ms");
+            return None;
+        }
+    }
+    if first[0] != marker::tls::HANDSHAKE_RECORD {
+        ctx.stats.not_tls.add(1);
+        log_refusal("spoke plain text; point it at a plain-text port or give it TLS");
+        refuse(stream, within).await;
+        return None;
+    }
+    let Some(config) = ctx.process.tls_server() else {
+        // The config checks refuse a TLS port without [tls]; kept safe all the same.
+        ctx.stats.tls_handshake_failures.add(1);
+        log_refusal("no [tls] certificate is loaded");
+        return None;
+    };
+    match tokio::time::timeout(
+        within,
+        tokio_rustls::TlsAcceptor::from(config).accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Some(Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))),
+        Ok(Err(e)) => {
+            ctx.stats.tls_handshake_failures.add(1);
+            log_refusal(&format!("TLS handshake failed: {e}"));
+            None
+        }
+        Err(_) => {
+            ctx.stats.tls_handshake_failures.add(1);
+            log_refusal("TLS handshake not finished within [tls] handshake_timeout_ms");
+            None
+        }
+    }
+}
+
+/// Tells a plain-text client why it is closed. The write side is shut first and what the
+/// client already sent is read away (bounded), so closing does not reset the connection
+/// before the client has read the line.
+async fn refuse(mut stream: TcpStream, within: Duration) {
+    let tell = async {
+        stream.write_all(NOT_TLS_REPLY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(within.min(Duration::from_secs(1)), tell).await;
+}
+
+fn log_refusal(why: &str) {
+    if let Some(suppressed) = TLS_LOG.tick() {
+        tracing::warn!(
+            suppressed_since_last = suppressed,
+            "client of a TLS port closed: {why} (counted in \
+             squeal_router_clients_closed_total{{reason=\"not_tls\"|\"tls_handshake\"}})"
+        );
     }
 }

@@ -87,6 +87,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         let pools = router::invalidation::Pools {
             config: &plan.config,
             placements: &plan.placements,
+            tls: &plan.tls.pools,
         };
         return router::invalidation::spool_cli(pools, cli.spool_replay);
     }
@@ -109,8 +110,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // The invalidation side binds its port and opens its spool first: once the client
     // port accepts connections, the whole router is up (tests and health checks wait for
     // the client port only).
-    let _invalidation =
-        router::invalidation::spawn(Arc::new(cfg.clone()), plan.placements.clone())?;
+    let tls_process = process.clone();
+    let _invalidation = router::invalidation::spawn(
+        Arc::new(cfg.clone()),
+        plan.placements.clone(),
+        plan.tls.pools.clone(),
+        Arc::new(move || tls_process.tls_server()),
+    )?;
     // Bind everything before starting, so a busy port is an immediate, clear error.
     let mut per_worker = Vec::new();
     for _ in 0..cfg.workers {

@@ -13,6 +13,7 @@ use crate::protocol::Cmd;
 use crate::route::registry;
 use crate::route::spec::{Placed, RouteSpec};
 use crate::stats::{ServerStats, WorkerStats};
+use crate::tls::Material;
 
 /// What workers run: a validated config with its route tree, placements and per-server
 /// stats. Built by `main` at start and on every reload, process read-only.
@@ -24,6 +25,8 @@ pub struct Plan {
     pub placements: Vec<Arc<Placement>>,
     /// Per pool, per server.
     pub servers: Vec<Vec<Arc<ServerStats>>>,
+    /// The certificates and keys the config names, as read when this plan was built.
+    pub tls: Material,
 }
 
 impl Plan {
@@ -51,6 +54,17 @@ impl Plan {
     /// A plan for `config` that keeps the stats (and health) of every server `previous`
     /// has in the same pool.
     pub fn next(config: Config, previous: Option<&Plan>) -> Result<Plan, ConfigError> {
+        let tls = Material::load(&config)?;
+        Plan::with_tls(config, tls, previous)
+    }
+
+    /// [`Plan::next`] with TLS material already read (the reload reads it first, to count
+    /// a certificate problem apart from other config problems).
+    pub fn with_tls(
+        config: Config,
+        tls: Material,
+        previous: Option<&Plan>,
+    ) -> Result<Plan, ConfigError> {
         let names: Vec<String> = config.pools.iter().map(|p| p.name.clone()).collect();
         let routes = registry::parse(&config.routes, &names)?;
         let placements = config
@@ -85,6 +99,7 @@ impl Plan {
             routes,
             placements,
             servers,
+            tls,
         })
     }
 }
@@ -101,6 +116,9 @@ pub struct Process {
     pub generation: AtomicU64,
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Reloads refused because a certificate or key file did not load (also counted in
+    /// `reload_failures`): the running certificates stay.
+    pub tls_reload_failures: AtomicU64,
 }
 
 impl Process {
@@ -116,6 +134,7 @@ impl Process {
             generation: AtomicU64::new(0),
             reloads: AtomicU64::new(0),
             reload_failures: AtomicU64::new(0),
+            tls_reload_failures: AtomicU64::new(0),
         }
     }
 
@@ -135,6 +154,11 @@ impl Process {
         }
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// What TLS ports hand a new connection now (the last plan's `[tls]`).
+    pub fn tls_server(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.plan().tls.server.clone()
     }
 
     /// Every server of every pool of the current plan.

@@ -34,6 +34,10 @@ pub struct WorkerStats {
     pub client_errors: Counter,
     /// Clients disconnected for leaving too many reply bytes unread.
     pub output_overflows: Counter,
+    /// Clients of a TLS port that spoke plain text first: told so and closed.
+    pub not_tls: Counter,
+    /// Clients of a TLS port whose handshake failed or did not finish in time.
+    pub tls_handshake_failures: Counter,
     pub backend_errors: Counter,
     pub bytes_read: Counter,
     pub bytes_written: Counter,

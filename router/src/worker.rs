@@ -86,11 +86,16 @@ impl LiveRoute {
             let mut watches = Vec::new();
             for (si, server) in pool.servers.iter().enumerate() {
                 let stats = plan.servers[pi][si].clone();
+                let tls = plan.tls.pools[pi].as_ref().map(|c| c[si].clone());
                 let mut per_server = Vec::new();
                 for c in 0..pool.connections {
                     let key = (pool.name.clone(), server.label.clone(), c);
                     let b = match old.remove(&key) {
-                        Some(b) if b.addr == server.addr && Arc::ptr_eq(&b.server, &stats) => b,
+                        Some(b) if b.addr == server.addr && Arc::ptr_eq(&b.server, &stats) => {
+                            // Its next reconnect uses this plan's certificates.
+                            b.conn.set_tls(tls.clone());
+                            b
+                        }
                         other => {
                             if let Some(b) = other {
                                 retire(b, &timeouts);
@@ -99,6 +104,7 @@ impl LiveRoute {
                                 stats.clone(),
                                 self.stats.clone(),
                                 cfg.limits.max_backend_queue,
+                                tls.clone(),
                             );
                             let task =
                                 tokio::task::spawn_local(conn.clone().run(server.addr, timeouts))
@@ -122,6 +128,7 @@ impl LiveRoute {
                         server.addr,
                         timeouts.connect,
                         timeouts.read,
+                        tls,
                     )));
                 }
             }
@@ -211,12 +218,21 @@ pub fn run(
         };
         let mut accepts = Vec::new();
         // `listeners` are bound in `cfg.listen` order.
-        for (l, &root) in listeners.into_iter().zip(&cfg.listen_routes) {
+        for ((l, &root), &tls) in listeners
+            .into_iter()
+            .zip(&cfg.listen_routes)
+            .zip(&cfg.listen_tls)
+        {
+            let tls = match (tls, &cfg.tls) {
+                (true, Some(t)) => Some(t.handshake_timeout),
+                _ => None,
+            };
             accepts.push(tokio::task::spawn_local(crate::listener::accept_loop(
                 l,
                 Rc::new(ctx(root)),
                 open_connections.clone(),
                 cfg.limits.max_connections,
+                tls,
             )));
         }
         for a in accepts {

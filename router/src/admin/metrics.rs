@@ -41,6 +41,10 @@ fn publish(s: &Process) {
         .absolute(s.sum(|w| w.client_errors.get()));
     metrics::counter!("squeal_router_clients_closed_total", "reason" => "output_overflow")
         .absolute(s.sum(|w| w.output_overflows.get()));
+    metrics::counter!("squeal_router_clients_closed_total", "reason" => "not_tls")
+        .absolute(s.sum(|w| w.not_tls.get()));
+    metrics::counter!("squeal_router_clients_closed_total", "reason" => "tls_handshake")
+        .absolute(s.sum(|w| w.tls_handshake_failures.get()));
     metrics::gauge!("squeal_router_buffered_output_bytes")
         .set(crate::reply_queue::buffered_output() as f64);
     metrics::counter!("squeal_router_backend_errors_total")
@@ -92,6 +96,10 @@ fn publish(s: &Process) {
         (
             "squeal_router_config_reload_failures_total",
             s.reload_failures.load(Relaxed),
+        ),
+        (
+            "squeal_router_tls_reload_failures_total",
+            s.tls_reload_failures.load(Relaxed),
         ),
     ] {
         metrics::counter!(name).absolute(v);

@@ -25,14 +25,15 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::codec::{self, Expect, Took};
 use crate::config::Timeouts;
 use crate::protocol::reply::Reply;
 use crate::protocol::Request;
+use crate::socket::Transport;
 use crate::stats::{ServerStats, WorkerStats};
+use crate::tls::Connector;
 
 /// What a request's reply is handed to, exactly once. The route layer's `Completion` is
 /// one; the backend only needs to hand it the reply, so it does not depend on routes.
@@ -68,15 +69,22 @@ struct Inner<D> {
 
 pub struct BackendConn<D> {
     inner: RefCell<Inner<D>>,
+    tls: RefCell<Option<Connector>>,
     server: Arc<ServerStats>,
     stats: Arc<WorkerStats>,
     max_queue: usize,
 }
 
 impl<D: Done> BackendConn<D> {
-    pub fn new(server: Arc<ServerStats>, stats: Arc<WorkerStats>, max_queue: usize) -> Rc<Self> {
+    pub fn new(
+        server: Arc<ServerStats>,
+        stats: Arc<WorkerStats>,
+        max_queue: usize,
+        tls: Option<Connector>,
+    ) -> Rc<Self> {
         server.conns.fetch_add(1, Relaxed);
         Rc::new(BackendConn {
+            tls: RefCell::new(tls),
             inner: RefCell::new(Inner {
                 out: VecDeque::new(),
                 arena: BytesMut::new(),
@@ -151,14 +159,24 @@ impl<D: Done> BackendConn<D> {
         }
     }
 
+    /// The TLS settings of connections opened from now on (`None`: plain text). A reload
+    /// calls it for a connection it keeps; the connection that is up keeps its session.
+    pub fn set_tls(&self, tls: Option<Connector>) {
+        *self.tls.borrow_mut() = tls;
+    }
+
     /// The connection's life: connect, serve, fail, back off, again. Never returns.
     pub async fn run(self: Rc<Self>, addr: SocketAddr, t: Timeouts) {
         let mut backoff = t.backoff_min;
         loop {
             self.set_state(State::Connecting);
-            let why = match tokio::time::timeout(t.connect, TcpStream::connect(addr)).await {
+            // Read at each connect: a reload hands reconnects its new certificates.
+            let tls = self.tls.borrow().clone();
+            let why = match tokio::time::timeout(t.connect, crate::tls::connect(addr, tls.as_ref()))
+                .await
+            {
                 Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
+                    stream.set_nodelay();
                     self.server.connects.fetch_add(1, Relaxed);
                     self.server.up.fetch_add(1, Relaxed);
                     self.set_state(State::Up);
@@ -185,48 +203,38 @@ impl<D: Done> BackendConn<D> {
     }
 
     /// Pumps requests out and replies in until the connection fails; returns why.
-    async fn serve(&self, stream: TcpStream, read_timeout: Duration) -> String {
+    async fn serve(&self, mut stream: Transport, read_timeout: Duration) -> String {
         let mut rbuf = BytesMut::with_capacity(64 * 1024);
         let mut timer = Box::pin(tokio::time::sleep(read_timeout));
         let mut completed: Vec<(D, Reply)> = Vec::new();
         let result = poll_fn(|cx| loop {
             // Write everything queued, in as few syscalls as the socket allows.
-            if let Err(e) =
-                crate::socket::write_queued(&stream, cx, &mut self.inner.borrow_mut().out)
-            {
+            if let Err(e) = stream.poll_write_queued(cx, &mut self.inner.borrow_mut().out) {
                 return Poll::Ready(Err(e));
             }
             // Read replies and match them to requests, oldest first.
-            match stream.poll_read_ready(cx) {
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            match stream.poll_read_into(cx, &mut rbuf, 16 * 1024, 64 * 1024) {
                 Poll::Pending => {}
-                Poll::Ready(Ok(())) => {
-                    if rbuf.capacity() - rbuf.len() < 16 * 1024 {
-                        rbuf.reserve(64 * 1024);
-                    }
-                    match crate::socket::read_drained(&stream, &mut rbuf) {
-                        Ok(0) => {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::UnexpectedEof,
-                                "closed by server",
-                            )))
-                        }
-                        Ok(_) => {
-                            let taken = self.take_replies(&mut rbuf, &mut completed);
-                            // Every reply already matched reaches its client, even when
-                            // the connection is about to be reset.
-                            for (done, reply) in completed.drain(..) {
-                                done.done(reply);
-                            }
-                            if let Err(e) = taken {
-                                return Poll::Ready(Err(e));
-                            }
-                            continue;
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Poll::Ready(Err(e)),
-                    }
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed by server",
+                    )))
                 }
+                Poll::Ready(Ok(_)) => {
+                    let taken = self.take_replies(&mut rbuf, &mut completed);
+                    // Every reply already matched reaches its client, even when
+                    // the connection is about to be reset.
+                    for (done, reply) in completed.drain(..) {
+                        done.done(reply);
+                    }
+                    if let Err(e) = taken {
+                        return Poll::Ready(Err(e));
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             }
             // Nothing more to do now: arm the reply timeout and sleep.
             let mut i = self.inner.borrow_mut();

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::config::Health;
 use crate::protocol::reply::Reply;
 use crate::stats::ServerStats;
+use crate::tls::Connector;
 
 /// One server's health as a worker's pool route sees it.
 pub struct Watch {
@@ -28,6 +28,8 @@ pub struct Watch {
     addr: SocketAddr,
     connect: Duration,
     read: Duration,
+    /// A TLS pool's probe speaks TLS too.
+    tls: Option<Connector>,
 }
 
 impl Watch {
@@ -37,6 +39,7 @@ impl Watch {
         addr: SocketAddr,
         connect: Duration,
         read: Duration,
+        tls: Option<Connector>,
     ) -> Watch {
         Watch {
             stats,
@@ -44,6 +47,7 @@ impl Watch {
             addr,
             connect,
             read,
+            tls,
         }
     }
 
@@ -89,6 +93,7 @@ impl Watch {
             self.cfg,
             self.connect,
             self.read,
+            self.tls.clone(),
         ));
     }
 }
@@ -100,6 +105,7 @@ async fn probe(
     cfg: Health,
     connect: Duration,
     read: Duration,
+    tls: Option<Connector>,
 ) {
     let mut wait = cfg.probe_min;
     loop {
@@ -108,7 +114,7 @@ async fn probe(
         if Arc::strong_count(&stats) == 1 {
             return;
         }
-        if probe_once(addr, connect, read).await {
+        if probe_once(addr, connect, read, tls.clone()).await {
             stats.fails.store(0, Relaxed);
             stats.tko.store(false, Relaxed);
             tracing::info!(pool = %stats.pool, server = %stats.addr, "server answers again (TKO cleared)");
@@ -120,12 +126,20 @@ async fn probe(
 }
 
 /// One `version` round trip on a fresh connection, bounded by the timeouts.
-async fn probe_once(addr: SocketAddr, connect: Duration, read: Duration) -> bool {
-    let Ok(Ok(mut stream)) = tokio::time::timeout(connect, TcpStream::connect(addr)).await else {
+async fn probe_once(
+    addr: SocketAddr,
+    connect: Duration,
+    read: Duration,
+    tls: Option<Connector>,
+) -> bool {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(connect, crate::tls::connect(addr, tls.as_ref())).await
+    else {
         return false;
     };
     let exchange = async {
         stream.write_all(b"version\r\n").await?;
+        stream.flush().await?;
         let mut buf = [0u8; 256];
         let mut got = 0;
         while got < buf.len() {

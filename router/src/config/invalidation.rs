@@ -12,9 +12,12 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InvalidationConfig {
-    /// Native-protocol port for squeal's batches (loopback or a private network: batches are
-    /// authenticated, not encrypted).
+    /// Native-protocol port for squeal's batches (batches are authenticated; with `tls`
+    /// they are encrypted too).
     pub listen: Option<SocketAddr>,
+    /// The native port requires TLS, with the certificate of the router's `[tls]` table.
+    #[serde(default)]
+    pub tls: bool,
     /// Process secret for the batch MAC. Prefer `secret_file` in production.
     pub secret: Option<String>,
     /// File holding the process secret (trailing whitespace ignored).
@@ -88,6 +91,9 @@ impl InvalidationConfig {
         }
         if self.listen.is_none() && self.kafka.is_none() {
             bail!("[invalidation] needs `listen` (native port) or `[invalidation.kafka]`, or both");
+        }
+        if self.tls && self.listen.is_none() {
+            bail!("[invalidation] tls = true applies to the native port: `listen` is missing");
         }
         if self.clusters.is_empty() {
             bail!("[invalidation] `clusters` names no pool: deletes would go nowhere");

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use marker::memcache::{self, DeleteReply, StoreReply};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
+
+use crate::socket::Transport;
+use crate::tls::Connector;
 
 /// Why a group of deletes did not certainly reach its server.
 #[derive(Debug, thiserror::Error)]
@@ -39,15 +41,23 @@ pub struct Deleter {
     /// hold-off tombstone for this many seconds (see `marker::holdoff`), so the warm-up
     /// cannot write back the value it removes.
     holdoff_secs: Option<u32>,
-    conn: Mutex<Option<BufReader<TcpStream>>>,
+    /// A server of a TLS pool is reached over TLS.
+    tls: Option<Connector>,
+    conn: Mutex<Option<BufReader<Transport>>>,
 }
 
 impl Deleter {
-    pub fn new(server: String, timeout: Duration, holdoff_secs: Option<u32>) -> Deleter {
+    pub fn new(
+        server: String,
+        timeout: Duration,
+        holdoff_secs: Option<u32>,
+        tls: Option<Connector>,
+    ) -> Deleter {
         Deleter {
             server,
             timeout,
             holdoff_secs,
+            tls,
             conn: Mutex::new(None),
         }
     }
@@ -94,7 +104,7 @@ impl Deleter {
 
     async fn flush_exchange(
         &self,
-        conn: &mut Option<BufReader<TcpStream>>,
+        conn: &mut Option<BufReader<Transport>>,
     ) -> Result<(), DeleteError> {
         let stream = self.connected(conn).await?;
         let io = |source| DeleteError::Io {
@@ -106,6 +116,7 @@ impl Deleter {
             .write_all(b"flush_all\r\n")
             .await
             .map_err(io)?;
+        stream.get_mut().flush().await.map_err(io)?;
         let mut line = String::new();
         if stream.read_line(&mut line).await.map_err(io)? == 0 {
             return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -121,17 +132,16 @@ impl Deleter {
 
     async fn connected<'c>(
         &self,
-        conn: &'c mut Option<BufReader<TcpStream>>,
-    ) -> Result<&'c mut BufReader<TcpStream>, DeleteError> {
+        conn: &'c mut Option<BufReader<Transport>>,
+    ) -> Result<&'c mut BufReader<Transport>, DeleteError> {
         if conn.is_none() {
-            let stream =
-                TcpStream::connect(&self.server)
-                    .await
-                    .map_err(|source| DeleteError::Connect {
-                        server: self.server.clone(),
-                        source,
-                    })?;
-            let _ = stream.set_nodelay(true);
+            let stream = crate::tls::connect(self.server.as_str(), self.tls.as_ref())
+                .await
+                .map_err(|source| DeleteError::Connect {
+                    server: self.server.clone(),
+                    source,
+                })?;
+            stream.set_nodelay();
             *conn = Some(BufReader::new(stream));
         }
         Ok(conn.as_mut().expect("connected above"))
@@ -139,7 +149,7 @@ impl Deleter {
 
     async fn exchange(
         &self,
-        conn: &mut Option<BufReader<TcpStream>>,
+        conn: &mut Option<BufReader<Transport>>,
         keys: &[&[u8]],
     ) -> Result<(), DeleteError> {
         let stream = self.connected(conn).await?;
@@ -155,6 +165,7 @@ impl Deleter {
             }
         }
         stream.get_mut().write_all(&out).await.map_err(io)?;
+        stream.get_mut().flush().await.map_err(io)?;
         let mut line = String::new();
         for _ in keys {
             line.clear();

@@ -2,6 +2,7 @@
 //! front-end cluster, every marker key in the regional pool(s); what cannot be delivered is
 //! spooled, and a replayer drains the spool when servers come back.
 
+use crate::tls::Connector;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +21,8 @@ pub struct Target {
     pub placement: Arc<Placement>,
     /// Addresses (`host:port`) of the pool's servers, indexed like the placement's.
     pub servers: Vec<String>,
+    /// Per server (as `servers`): how to open TLS to it, for a TLS pool.
+    pub tls: Vec<Option<Connector>>,
     /// Set while the pool is a cold cluster being warmed: deletes there leave a hold-off.
     pub holdoff_secs: Option<u32>,
     /// Ejecting pool (twemproxy's `auto_eject_hosts`): per server, the placement without
@@ -87,24 +90,32 @@ impl Fanout {
         spool: Arc<Spool>,
         timeout: Duration,
     ) -> Fanout {
-        let mut holdoff: HashMap<String, Option<u32>> = HashMap::new();
+        let mut holdoff: HashMap<String, (Option<u32>, Option<Connector>)> = HashMap::new();
         for target in clusters.iter().chain(&marker_pools) {
-            for server in target.servers.iter().cloned() {
-                let h = holdoff.entry(server).or_default();
+            for (i, server) in target.servers.iter().cloned().enumerate() {
+                let (h, tls) = holdoff.entry(server).or_default();
                 // A server in a warming pool and another pool gets the safer treatment.
                 *h = (*h).max(target.holdoff_secs);
+                if tls.is_none() {
+                    *tls = target.tls.get(i).cloned().flatten();
+                }
             }
         }
         let mut deleters: HashMap<String, Arc<Deleter>> = holdoff
             .into_iter()
-            .map(|(server, h)| (server.clone(), Arc::new(Deleter::new(server, timeout, h))))
+            .map(|(server, (h, tls))| {
+                (
+                    server.clone(),
+                    Arc::new(Deleter::new(server, timeout, h, tls)),
+                )
+            })
             .collect();
         // Servers with spooled deletes from an earlier run that are no longer configured
         // still get their deletes: a value they hold may come back into service.
         for server in spool.servers_pending() {
             deleters
                 .entry(server.clone())
-                .or_insert_with(|| Arc::new(Deleter::new(server, timeout, None)));
+                .or_insert_with(|| Arc::new(Deleter::new(server, timeout, None, None)));
         }
         Fanout {
             clusters,
@@ -301,6 +312,7 @@ impl Fanout {
                 server.to_string(),
                 Duration::from_secs(1),
                 None,
+                None,
             )),
         };
         let mut total = 0;
@@ -367,6 +379,7 @@ mod tests {
             without: Target::ejections(&placement, 3),
             placement: Arc::new(placement),
             servers: (0..3).map(|i| format!("127.0.0.1:{}", 11211 + i)).collect(),
+            tls: vec![None; 3],
             holdoff_secs: None,
         }
     }

@@ -25,10 +25,13 @@ use marker::batch::{
 };
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::socket::Transport;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
 use super::fanout::Fanout;
+use super::TlsSource;
 
 /// The port's limits on unauthenticated and slow peers (`[invalidation]` settings).
 #[derive(Debug, Clone, Copy)]
@@ -85,7 +88,14 @@ pub fn reason_of(e: &WireError) -> &'static str {
 }
 
 /// Accepts squeal connections on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, fanout: Arc<Fanout>, secret: Secret, limits: Limits) {
+/// With `tls`, the port requires TLS (the `[tls]` certificate current at each accept).
+pub async fn serve(
+    listener: TcpListener,
+    fanout: Arc<Fanout>,
+    secret: Secret,
+    limits: Limits,
+    tls: Option<TlsSource>,
+) {
     let seen = Arc::new(SeenSequences::default());
     let rejects = Arc::new(RejectLog::default());
     let unauthenticated = Arc::new(Semaphore::new(limits.max_unauthenticated));
@@ -115,10 +125,18 @@ pub async fn serve(listener: TcpListener, fanout: Arc<Fanout>, secret: Secret, l
         let secret = secret.clone();
         let seen = seen.clone();
         let rejects = rejects.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             metrics::gauge!("squeal_router_invalidation_unauthenticated_connections")
                 .increment(1.0);
-            let session = handshake(stream, peer, &secret, &limits, &rejects).await;
+            let stream = match &tls {
+                None => Some(Transport::Plain(stream)),
+                Some(source) => tls_accept(stream, peer, source, &limits, &rejects).await,
+            };
+            let session = match stream {
+                Some(stream) => handshake(stream, peer, &secret, &limits, &rejects).await,
+                None => None,
+            };
             metrics::gauge!("squeal_router_invalidation_unauthenticated_connections")
                 .decrement(1.0);
             drop(permit);
@@ -137,19 +155,20 @@ pub async fn serve(listener: TcpListener, fanout: Arc<Fanout>, secret: Secret, l
 /// Runs the router's half of the handshake: the stream and its session once the peer proved
 /// it holds the secret, `None` (counted, logged, refusal sent) otherwise.
 async fn handshake(
-    mut stream: TcpStream,
+    mut stream: Transport,
     peer: SocketAddr,
     secret: &Secret,
     limits: &Limits,
     rejects: &RejectLog,
-) -> Option<(TcpStream, Session)> {
-    let _ = stream.set_nodelay(true);
+) -> Option<(Transport, Session)> {
+    stream.set_nodelay();
     let router_nonce = batch::random_nonce();
     let exchange = async {
         stream
             .write_all(&batch::encode_hello(&router_nonce))
             .await
             .map_err(|e| ("io", e.to_string()))?;
+        stream.flush().await.map_err(|e| ("io", e.to_string()))?;
         // The only buffer an unauthenticated peer gets: AUTH_LEN bytes on the stack.
         let mut buf = [0u8; AUTH_LEN];
         let mut have = 0;
@@ -169,6 +188,7 @@ async fn handshake(
                         _ => Refusal::Malformed,
                     };
                     let _ = stream.write_all(&refusal.encode()).await;
+                    let _ = stream.flush().await;
                     return Err((reason_of(&e), e.to_string()));
                 }
             }
@@ -178,11 +198,8 @@ async fn handshake(
     let peer = peer.to_string();
     match outcome {
         Ok(Ok(session)) => {
-            if stream
-                .write_all(&batch::encode_welcome(secret, &session))
-                .await
-                .is_err()
-            {
+            let welcome = batch::encode_welcome(secret, &session);
+            if stream.write_all(&welcome).await.is_err() || stream.flush().await.is_err() {
                 return None;
             }
             Some((stream, session))
@@ -199,7 +216,11 @@ async fn handshake(
             None
         }
         Err(_) => {
-            let _ = stream.try_write(&Refusal::Timeout.encode());
+            let refusal = async {
+                stream.write_all(&Refusal::Timeout.encode()).await?;
+                stream.flush().await
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(100), refusal).await;
             rejects.reject(
                 "handshake_timeout",
                 &peer,
@@ -207,6 +228,70 @@ async fn handshake(
                     "handshake not completed within {:?} (handshake_timeout_ms)",
                     limits.handshake_timeout
                 ),
+            );
+            None
+        }
+    }
+}
+
+/// The TLS side of a new connection on a TLS invalidation port, bounded by the handshake
+/// timeout: the session, or `None` (counted in the rejections, by reason, and logged).
+async fn tls_accept(
+    stream: TcpStream,
+    peer: SocketAddr,
+    source: &TlsSource,
+    limits: &Limits,
+    rejects: &RejectLog,
+) -> Option<Transport> {
+    let peer_name = peer.to_string();
+    // squeal waits for the router's hello, so a squeal without TLS sends nothing at all:
+    // the timeout's message says what that most likely means.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limits.handshake_timeout, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(_) => return None,
+        Err(_) => {
+            rejects.reject(
+                "tls_handshake",
+                &peer_name,
+                &"sent no TLS handshake within handshake_timeout_ms: a squeal whose router \
+                  sink has no `tls` settings? the port has [invalidation] tls = true",
+            );
+            return None;
+        }
+    }
+    if first[0] != marker::tls::HANDSHAKE_RECORD {
+        rejects.reject(
+            "not_tls",
+            &peer_name,
+            &"spoke plain text on a port that requires TLS ([invalidation] tls = true)",
+        );
+        return None;
+    }
+    let Some(config) = source() else {
+        rejects.reject(
+            "tls_handshake",
+            &peer_name,
+            &"no [tls] certificate is loaded",
+        );
+        return None;
+    };
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
+    match tokio::time::timeout(limits.handshake_timeout, accept).await {
+        Ok(Ok(s)) => Some(Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))),
+        Ok(Err(e)) => {
+            rejects.reject(
+                "tls_handshake",
+                &peer_name,
+                &format_args!("TLS handshake: {e}"),
+            );
+            None
+        }
+        Err(_) => {
+            rejects.reject(
+                "tls_handshake",
+                &peer_name,
+                &"TLS handshake not finished within handshake_timeout_ms",
             );
             None
         }
@@ -238,7 +323,7 @@ impl SeenSequences {
 /// Reads one whole frame: the header first, checked before anything is allocated for the
 /// body. `Ok(None)` on a clean close between frames.
 async fn read_frame(
-    reader: &mut BufReader<TcpStream>,
+    reader: &mut BufReader<Transport>,
     limits: &Limits,
 ) -> Result<Option<Vec<u8>>, (&'static str, WireError)> {
     // Between frames an authenticated connection may idle for as long as squeal likes.
@@ -278,7 +363,7 @@ async fn read_frame(
 }
 
 async fn connection(
-    stream: TcpStream,
+    stream: Transport,
     peer: SocketAddr,
     fanout: &Fanout,
     secret: &Secret,
@@ -322,12 +407,9 @@ async fn connection(
             seq: batch.seq,
             status,
         };
-        if reader
-            .get_mut()
-            .write_all(&ack.encode(secret, &context))
-            .await
-            .is_err()
-        {
+        let ack = ack.encode(secret, &context);
+        let out = reader.get_mut();
+        if out.write_all(&ack).await.is_err() || out.flush().await.is_err() {
             return Ok(());
         }
         metrics::histogram!("squeal_router_invalidation_ack_seconds")

@@ -20,6 +20,7 @@ use anyhow::Context;
 use crate::config::invalidation::InvalidationConfig;
 use crate::config::Config;
 use crate::placement::Placement;
+use crate::tls::Connector;
 
 pub use fanout::{Fanout, Target};
 
@@ -29,7 +30,13 @@ pub use fanout::{Fanout, Target};
 pub struct Pools<'a> {
     pub config: &'a Config,
     pub placements: &'a [Arc<Placement>],
+    /// Per pool: how to reach its servers over TLS (the plan's `tls.pools`).
+    pub tls: &'a [Option<Vec<Connector>>],
 }
+
+/// What the TLS invalidation port hands a new connection: the current `[tls]` server
+/// config (a SIGHUP may have replaced it), read at every accept.
+pub type TlsSource = Arc<dyn Fn() -> Option<Arc<rustls::ServerConfig>> + Send + Sync>;
 
 impl Pools<'_> {
     /// The pool called `name` as an invalidation target.
@@ -46,6 +53,10 @@ impl Pools<'_> {
                 .iter()
                 .map(|s| s.addr.to_string())
                 .collect(),
+            tls: match self.tls.get(i) {
+                Some(Some(c)) => c.iter().cloned().map(Some).collect(),
+                _ => vec![None; servers],
+            },
             holdoff_secs,
         })
     }
@@ -57,6 +68,8 @@ impl Pools<'_> {
 pub fn spawn(
     config: Arc<Config>,
     placements: Vec<Arc<Placement>>,
+    pool_tls: Vec<Option<Vec<Connector>>>,
+    tls: TlsSource,
 ) -> anyhow::Result<Option<std::thread::JoinHandle<()>>> {
     let Some(inv) = config.invalidation.clone() else {
         return Ok(None);
@@ -80,8 +93,9 @@ pub fn spawn(
                 let pools = Pools {
                     config: &config,
                     placements: &placements,
+                    tls: &pool_tls,
                 };
-                match start(&inv, pools).await {
+                match start(&inv, pools, tls).await {
                     Ok(_fanout) => {
                         let _ = ready_tx.send(Ok(()));
                         std::future::pending::<()>().await
@@ -176,7 +190,11 @@ pub fn spool_cli(pools: Pools<'_>, replay: bool) -> anyhow::Result<()> {
 
 /// Starts the invalidation side: opens the spool, builds the fan-out over the named pools,
 /// binds the native port and starts the Kafka consumer as configured, and the replayer.
-pub async fn start(config: &InvalidationConfig, pools: Pools<'_>) -> anyhow::Result<Arc<Fanout>> {
+pub async fn start(
+    config: &InvalidationConfig,
+    pools: Pools<'_>,
+    tls: TlsSource,
+) -> anyhow::Result<Arc<Fanout>> {
     let secret = config.secret()?;
     let spool_dir = config.spool_dir.clone();
     let max = config.spool_max_bytes;
@@ -210,6 +228,7 @@ pub async fn start(config: &InvalidationConfig, pools: Pools<'_>) -> anyhow::Res
             fanout.clone(),
             secret.clone(),
             limits,
+            config.tls.then_some(tls),
         ));
     }
     if let Some(kafka) = config.kafka.clone() {

@@ -278,7 +278,7 @@ mod tests {
             .collect();
         let conns = servers
             .iter()
-            .map(|s| vec![BackendConn::new(s.clone(), worker.clone(), 0)])
+            .map(|s| vec![BackendConn::new(s.clone(), worker.clone(), 0, None)])
             .collect();
         (PoolRoute::new(Arc::new(placement), conns), servers)
     }
