@@ -177,13 +177,26 @@ fn check_sinks(r: &mut Report, cfg: &Config) {
     for (i, s) in cfg.sinks.iter().enumerate() {
         match s {
             SinkConfig::Router {
-                endpoints, auth, ..
+                endpoints,
+                auth,
+                tls,
+                ..
             } => {
                 if endpoints.is_empty() {
                     let sp = r.sink_span(i, "endpoints");
                     r.problem(sp, "router sink: endpoints is empty");
                 }
                 check_secret(r, i, auth);
+                if let Some(t) = tls {
+                    let problem = t
+                        .client_config()
+                        .err()
+                        .or_else(|| endpoints.iter().find_map(|e| t.server_name(e).err()));
+                    if let Some(p) = problem {
+                        let sp = r.sink_span(i, "tls");
+                        r.problem(sp, format!("router sink: {p}"));
+                    }
+                }
             }
             SinkConfig::Kafka {
                 brokers,

@@ -254,6 +254,9 @@ pub enum SinkConfig {
         /// Batches in flight per router connection.
         #[serde(default = "default_window")]
         window: usize,
+        /// `[sink.tls]`: speak TLS to the routers (whose `[invalidation]` has `tls = true`).
+        #[serde(default)]
+        tls: Option<SinkTls>,
     },
     /// Kafka (idempotent producer, acks=all), consumed by routers in consumer groups.
     Kafka {
@@ -268,6 +271,48 @@ pub enum SinkConfig {
         #[serde(default)]
         librdkafka: std::collections::BTreeMap<String, String>,
     },
+}
+
+/// `[sink.tls]` of a router sink: how squeal checks the routers' certificate, and what it
+/// presents if they ask for one. The files are read at every (re)connect, so a renewed
+/// certificate needs no restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkTls {
+    /// CA bundle the routers' certificates must chain to.
+    pub ca: std::path::PathBuf,
+    /// The name the routers' certificates must be valid for; default: each endpoint's host.
+    pub server_name: Option<String>,
+    /// A client certificate and its key, for routers with `[tls] client_ca` (mutual TLS).
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl SinkTls {
+    /// The TLS client these files describe (read now); an error names the file and the fix.
+    pub fn client_config(&self) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
+        let client = match (&self.cert, &self.key) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+            _ => return Err(
+                "[sink.tls]: cert and key go together (the client certificate and its private key)"
+                    .into(),
+            ),
+        };
+        marker::tls::client_config(&self.ca, client).map_err(|e| format!("[sink.tls]: {e}"))
+    }
+
+    /// The name `endpoint`'s certificate is checked against.
+    pub fn server_name(
+        &self,
+        endpoint: &str,
+    ) -> Result<rustls::pki_types::ServerName<'static>, String> {
+        let name = self
+            .server_name
+            .as_deref()
+            .unwrap_or_else(|| marker::tls::host_of(endpoint));
+        marker::tls::server_name(name).map_err(|e| format!("[sink.tls]: {e}; set server_name"))
+    }
 }
 
 /// What the router needs to trust a batch and tell apart its sources.

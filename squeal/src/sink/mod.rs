@@ -63,8 +63,17 @@ pub fn build(configs: &[SinkConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
                     auth,
                     timeout_ms,
                     window,
+                    tls,
                 } => {
                     anyhow::ensure!(!endpoints.is_empty(), "a router sink needs endpoints");
+                    // Checked now, so a broken file stops the start with its reason; the
+                    // connections read the files again at each connect.
+                    if let Some(t) = tls {
+                        t.client_config().map_err(anyhow::Error::msg)?;
+                        for e in endpoints {
+                            t.server_name(e).map_err(anyhow::Error::msg)?;
+                        }
+                    }
                     Arc::new(router::RouterSink::new(
                         endpoints.clone(),
                         auth.source.clone(),
@@ -72,6 +81,7 @@ pub fn build(configs: &[SinkConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
                         auth.markers(),
                         Duration::from_millis(*timeout_ms),
                         *window,
+                        tls.clone(),
                     ))
                 }
                 SinkConfig::Kafka {

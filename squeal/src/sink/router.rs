@@ -21,12 +21,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use marker::batch::{self, Ack, AckStatus, Batch as WireBatch, BatchKind, Secret};
 use marker::remote::MarkerPrefix;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Sink, SinkError, SinkFuture};
 use crate::batch::Batch;
+use crate::config::SinkTls;
+
+/// A router connection: TCP, or TLS over it (`[sink.tls]`).
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
+type Conn = Box<dyn Stream>;
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -111,12 +117,19 @@ impl RouterSink {
         markers: MarkerPrefix,
         timeout: Duration,
         window: usize,
+        tls: Option<SinkTls>,
     ) -> RouterSink {
         let endpoints = endpoints
             .into_iter()
             .map(|addr| {
                 let (tx, rx) = mpsc::channel(window.max(1));
-                tokio::spawn(connection_task(addr.clone(), secret.clone(), timeout, rx));
+                tokio::spawn(connection_task(
+                    addr.clone(),
+                    secret.clone(),
+                    timeout,
+                    tls.clone(),
+                    rx,
+                ));
                 Arc::new(Endpoint {
                     addr,
                     tx,
@@ -232,7 +245,7 @@ impl Sink for RouterSink {
 }
 
 /// Reads one handshake message of the router's (`expected`, or a refusal instead).
-async fn read_message(stream: &mut TcpStream, expected: &[u8; 4]) -> Result<Vec<u8>, String> {
+async fn read_message(stream: &mut Conn, expected: &[u8; 4]) -> Result<Vec<u8>, String> {
     let mut msg = vec![0u8; 4];
     stream
         .read_exact(&mut msg)
@@ -254,11 +267,31 @@ async fn connect(
     addr: &str,
     secret: &Secret,
     timeout: Duration,
-) -> Result<(TcpStream, [u8; 2 * batch::NONCE_LEN]), String> {
-    let mut stream = TcpStream::connect(addr)
+    tls: Option<&SinkTls>,
+) -> Result<(Conn, [u8; 2 * batch::NONCE_LEN]), String> {
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect: {e}"))?;
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream: Conn = match tls {
+        None => Box::new(tcp),
+        Some(t) => {
+            // Read at every connect: a renewed certificate is picked up without a restart.
+            let config = t.client_config()?;
+            let name = t.server_name(addr)?;
+            let handshake = tokio_rustls::TlsConnector::from(config).connect(name, tcp);
+            match tokio::time::timeout(timeout, handshake).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "TLS handshake: {e} (does the router's [invalidation] have tls = true, \
+                         and is its certificate issued by [sink.tls] ca for this name?)"
+                    ))
+                }
+                Err(_) => return Err(format!("TLS handshake: not finished within {timeout:?}")),
+            }
+        }
+    };
     let exchange = async {
         let hello = read_message(&mut stream, batch::HELLO_MAGIC).await?;
         let session = batch::Session {
@@ -269,6 +302,7 @@ async fn connect(
             .write_all(&batch::encode_auth(secret, &session))
             .await
             .map_err(|e| e.to_string())?;
+        stream.flush().await.map_err(|e| e.to_string())?;
         let welcome = read_message(&mut stream, batch::WELCOME_MAGIC).await?;
         batch::verify_welcome(&welcome, secret, &session).map_err(|e| match e {
             marker::batch::WireError::BadMac => {
@@ -281,6 +315,11 @@ async fn connect(
     match tokio::time::timeout(timeout, exchange).await {
         Ok(Ok(context)) => Ok((stream, context)),
         Ok(Err(e)) => Err(format!("handshake: {e}")),
+        Err(_) if tls.is_none() => Err(format!(
+            "handshake: no hello within {timeout:?}; is it an older squeal-router that \
+             speaks wire protocol version 1 (upgrade it), or does its port require TLS \
+             ([invalidation] tls = true: give this sink [sink.tls])?"
+        )),
         Err(_) => Err(format!(
             "handshake: no hello within {timeout:?}; is it an older squeal-router that \
              speaks wire protocol version 1? upgrade it"
@@ -295,10 +334,11 @@ async fn connection_task(
     addr: String,
     secret: Secret,
     timeout: Duration,
+    tls: Option<SinkTls>,
     mut rx: mpsc::Receiver<Request>,
 ) {
     let mut pending: VecDeque<Request> = VecDeque::new();
-    let mut conn: Option<TcpStream> = None;
+    let mut conn: Option<Conn> = None;
     let mut context = [0u8; 2 * batch::NONCE_LEN];
     let mut buf = Vec::with_capacity(4096);
     let mut chunk = [0u8; 4096];
@@ -316,7 +356,7 @@ async fn connection_task(
             pending.push_back(request);
         }
         if conn.is_none() {
-            match connect(&addr, &secret, timeout).await {
+            match connect(&addr, &secret, timeout, tls.as_ref()).await {
                 Ok((s, ctx)) => {
                     conn = Some(s);
                     context = ctx;
@@ -347,6 +387,12 @@ async fn connection_task(
             if let Err(e) = stream.write_all(&frame).await {
                 write_failed = Some(format!("write: {e}"));
                 break;
+            }
+        }
+        // TLS holds what the socket did not take yet until flushed (plain TCP: a no-op).
+        if write_failed.is_none() {
+            if let Err(e) = stream.flush().await {
+                write_failed = Some(format!("write: {e}"));
             }
         }
         if let Some(e) = write_failed {
@@ -429,7 +475,7 @@ mod tests {
             drop(s);
         });
         let started = Instant::now();
-        let err = connect(&addr, &Secret::new(b"k"), Duration::from_millis(300))
+        let err = connect(&addr, &Secret::new(b"k"), Duration::from_millis(300), None)
             .await
             .map(|_| ())
             .unwrap_err();
