@@ -23,6 +23,7 @@ pub mod region;
 pub mod regions;
 pub mod router;
 pub mod squeal;
+pub mod tls;
 pub mod twemproxy;
 pub mod wire;
 pub mod workload;

@@ -565,6 +565,7 @@ fn squeal_sink(port: u16) -> (tokio::runtime::Runtime, squeal::sink::router::Rou
             marker::remote::MarkerPrefix(Some("r_".into())),
             Duration::from_secs(5),
             4,
+            None,
         )
     };
     (rt, sink)
