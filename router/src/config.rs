@@ -1101,6 +1101,45 @@ servers = ["127.0.0.1:11211", "127.0.0.1:11212:2 b"]
     }
 
     #[test]
+    fn tls_settings_parse_and_are_checked() {
+        let text = format!(
+            "{GOOD}[pools.main.tls]\nca = \"/ca.pem\"\n\
+             [tls]\ncert = \"/c.pem\"\nkey = \"/k.pem\"\n\
+             [listeners.\"127.0.0.1:11312\"]\nroute = \"main\"\ntls = true\n"
+        );
+        let c = Config::parse("r.toml", &text).unwrap();
+        assert_eq!(c.listen_tls, vec![false, true]);
+        let t = c.tls.unwrap();
+        assert_eq!(t.cert, PathBuf::from("/c.pem"));
+        assert_eq!(t.client_ca, None);
+        assert_eq!(t.handshake_timeout, Duration::from_secs(5));
+        let p = c.pools[0].tls.as_ref().unwrap();
+        assert_eq!((p.server_name.as_deref(), p.client.is_none()), (None, true));
+        assert_eq!(c.pools[0].servers[0].host, "127.0.0.1");
+        for (bad, says) in [
+            (
+                "[listeners.\"127.0.0.1:11312\"]\nroute = \"main\"\ntls = true\n",
+                "no [tls] table",
+            ),
+            (
+                "[pools.main.tls]\nca = \"/ca\"\ncert = \"/c\"\n",
+                "cert needs key",
+            ),
+            (
+                "[pools.main.tls]\nca = \"/ca\"\nserver_name = \"bad name!\"\n",
+                "neither a DNS name nor an IP address",
+            ),
+            (
+                "[pools.main.tls]\nca = \"/ca\"\nverify = false\n",
+                "unknown field",
+            ),
+        ] {
+            let e = Config::parse("r.toml", &format!("{GOOD}{bad}")).unwrap_err();
+            assert!(e.to_string().contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn good_config() {
         let c = Config::parse("r.toml", GOOD).unwrap();
         assert_eq!(c.pools[0].servers[0].ketama_name, "127.0.0.1");

@@ -569,6 +569,32 @@ mod delivery_sink_tests {
     }
 
     #[test]
+    fn router_sink_tls_files_are_checked() {
+        let sink = parse_sink(
+            "type = \"router\"\nendpoints = [\"cache-a:7000\"]\nsecret = \"s\"\n\
+             [sink.tls]\nca = \"/nonexistent/ca.pem\"\ncert = \"/c.pem\"\n",
+        )
+        .unwrap();
+        let SinkConfig::Router { tls: Some(t), .. } = sink else {
+            panic!("{sink:?}");
+        };
+        let e = t.client_config().unwrap_err();
+        assert!(e.contains("cert and key go together"), "{e}");
+        let t = SinkTls {
+            key: Some("/k.pem".into()),
+            ..t
+        };
+        let e = t.client_config().unwrap_err();
+        assert!(e.contains("cannot read /nonexistent/ca.pem"), "{e}");
+        assert!(t.server_name("cache-a:7000").is_ok());
+        let t = SinkTls {
+            server_name: Some("no such name!".into()),
+            ..t
+        };
+        assert!(t.server_name("cache-a:7000").is_err());
+    }
+
+    #[test]
     fn sink_typos_are_refused() {
         let err = parse_sink("type = \"router\"\nendpoints = []\nsecret = \"s\"\nwindwo = 3");
         assert!(err.is_err(), "an unknown key must not be ignored");
