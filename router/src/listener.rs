@@ -19,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::client::{self, ClientCtx};
 use crate::socket::Transport;
+use crate::tls::Refused;
 
 /// What a plain-text client on a TLS port reads before the port closes.
 pub const NOT_TLS_REPLY: &[u8] = b"SERVER_ERROR this port requires TLS\r\n";
@@ -94,47 +95,28 @@ pub async fn accept_loop(
 /// The TLS side of a new connection on a TLS port: the session once the handshake is
 /// done, `None` (counted, and logged at most once a second) otherwise.
 async fn tls_accept(stream: TcpStream, ctx: &ClientCtx, within: Duration) -> Option<Transport> {
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(within, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => {}
-        // Closed before a byte: a port probe, nothing to tell.
-        Ok(_) => return None,
-        Err(_) => {
-            ctx.stats.tls_handshake_failures.add(1);
-            log_refusal("sent nothing within [tls] handshake_timeout_ms");
+    let refused = match crate::tls::accept(stream, || ctx.process.tls_server(), within).await {
+        Ok(t) => return Some(t),
+        Err(r) => r,
+    };
+    let why = match refused {
+        Refused::Closed => return None,
+        Refused::NotTls(stream) => {
+            ctx.stats.not_tls.add(1);
+            log_refusal("spoke plain text; point it at a plain-text port or give it TLS");
+            refuse(stream, within).await;
             return None;
         }
-    }
-    if first[0] != marker::tls::HANDSHAKE_RECORD {
-        ctx.stats.not_tls.add(1);
-        log_refusal("spoke plain text; point it at a plain-text port or give it TLS");
-        refuse(stream, within).await;
-        return None;
-    }
-    let Some(config) = ctx.process.tls_server() else {
-        // The config checks refuse a TLS port without [tls]; kept safe all the same.
-        ctx.stats.tls_handshake_failures.add(1);
-        log_refusal("no [tls] certificate is loaded");
-        return None;
+        Refused::Silent => "sent nothing within [tls] handshake_timeout_ms".to_string(),
+        Refused::NoCertificate => "no [tls] certificate is loaded".to_string(),
+        Refused::Handshake(e) => format!("TLS handshake failed: {e}"),
+        Refused::HandshakeTimeout => {
+            "TLS handshake not finished within [tls] handshake_timeout_ms".to_string()
+        }
     };
-    match tokio::time::timeout(
-        within,
-        tokio_rustls::TlsAcceptor::from(config).accept(stream),
-    )
-    .await
-    {
-        Ok(Ok(s)) => Some(Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))),
-        Ok(Err(e)) => {
-            ctx.stats.tls_handshake_failures.add(1);
-            log_refusal(&format!("TLS handshake failed: {e}"));
-            None
-        }
-        Err(_) => {
-            ctx.stats.tls_handshake_failures.add(1);
-            log_refusal("TLS handshake not finished within [tls] handshake_timeout_ms");
-            None
-        }
-    }
+    ctx.stats.tls_handshake_failures.add(1);
+    log_refusal(&why);
+    None
 }
 
 /// Tells a plain-text client why it is closed. The write side is shut first and what the

@@ -50,10 +50,7 @@ pub fn write_queued(
             Poll::Ready(Ok(())) => {}
         }
         let mut iov = [IoSlice::new(&[]); 64];
-        let n = out.len().min(iov.len());
-        for (slot, b) in iov.iter_mut().zip(out.iter()) {
-            *slot = IoSlice::new(b);
-        }
+        let n = fill_iov(out, &mut iov);
         match stream.try_write_vectored(&iov[..n]) {
             Ok(written) => {
                 advance(out, written);
@@ -64,6 +61,15 @@ pub fn write_queued(
         }
     }
     Ok(total)
+}
+
+/// Points `iov` at the front of `out` (as many buffers as fit); returns how many.
+fn fill_iov<'a>(out: &'a VecDeque<Bytes>, iov: &mut [IoSlice<'a>]) -> usize {
+    let n = out.len().min(iov.len());
+    for (slot, b) in iov.iter_mut().zip(out.iter()) {
+        *slot = IoSlice::new(b);
+    }
+    n
 }
 
 fn advance(out: &mut VecDeque<Bytes>, mut n: usize) {
@@ -148,10 +154,7 @@ impl Transport {
         let mut total = 0;
         while !out.is_empty() {
             let mut iov = [IoSlice::new(&[]); 64];
-            let n = out.len().min(iov.len());
-            for (slot, b) in iov.iter_mut().zip(out.iter()) {
-                *slot = IoSlice::new(b);
-            }
+            let n = fill_iov(out, &mut iov);
             match tls.as_mut().poll_write_vectored(cx, &iov[..n]) {
                 Poll::Pending => break,
                 Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),

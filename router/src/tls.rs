@@ -115,3 +115,51 @@ pub async fn connect(
         tls,
     ))))
 }
+
+/// Why a new connection on a TLS port did not become a TLS session.
+pub enum Refused {
+    /// Closed (or failed) before sending a byte: a port probe, nothing to tell.
+    Closed,
+    /// Sent nothing within the handshake timeout.
+    Silent,
+    /// Its first byte is not a TLS handshake record: a plain-text client, handed back so
+    /// the port can tell it why it is closed.
+    NotTls(tokio::net::TcpStream),
+    /// No `[tls]` certificate is loaded (the config checks refuse that; kept safe).
+    NoCertificate,
+    /// The handshake failed: what did not verify.
+    Handshake(std::io::Error),
+    /// The handshake did not finish within the timeout.
+    HandshakeTimeout,
+}
+
+/// The server side of a new connection on a TLS port, bounded by `within`: first byte
+/// checked (a TLS client starts with a handshake record), then the handshake with `config`
+/// (the certificate current at this accept). Both TLS ports (client and invalidation) take
+/// connections this way and only count and log a refusal differently.
+pub async fn accept(
+    stream: tokio::net::TcpStream,
+    config: impl FnOnce() -> Option<Arc<ServerConfig>>,
+    within: std::time::Duration,
+) -> Result<Transport, Refused> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(within, stream.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        Ok(_) => return Err(Refused::Closed),
+        Err(_) => return Err(Refused::Silent),
+    }
+    if first[0] != marker::tls::HANDSHAKE_RECORD {
+        return Err(Refused::NotTls(stream));
+    }
+    let config = config().ok_or(Refused::NoCertificate)?;
+    match tokio::time::timeout(
+        within,
+        tokio_rustls::TlsAcceptor::from(config).accept(stream),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))),
+        Ok(Err(e)) => Err(Refused::Handshake(e)),
+        Err(_) => Err(Refused::HandshakeTimeout),
+    }
+}

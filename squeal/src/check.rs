@@ -188,11 +188,7 @@ fn check_sinks(r: &mut Report, cfg: &Config) {
                 }
                 check_secret(r, i, auth);
                 if let Some(t) = tls {
-                    let problem = t
-                        .client_config()
-                        .err()
-                        .or_else(|| endpoints.iter().find_map(|e| t.server_name(e).err()));
-                    if let Some(p) = problem {
+                    if let Err(p) = t.check(endpoints) {
                         let sp = r.sink_span(i, "tls");
                         r.problem(sp, format!("router sink: {p}"));
                     }

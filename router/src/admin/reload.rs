@@ -8,10 +8,10 @@
 //! timeouts of new backend connections, and certificates: the `[tls]` and
 //! `[pools.NAME.tls]` files are read again, and connections opened from then on (client,
 //! invalidation, backend) use them. A file that does not load refuses the reload (counted
-//! in `tls_reload_failures` too), so the running certificates stay. What needs a restart (a change is logged and
-//! ignored): `workers`, `admin`, `[limits]`, `[invalidation]`. A changed `listen` or
-//! `[listeners]` (or a listener's
-//! `tls`) is refused (restart to apply): bound sockets keep the tree they serve.
+//! in `tls_reload_failures` too), so the running certificates stay. What needs a restart
+//! (a change is logged and ignored): `workers`, `admin`, `[limits]`, `[invalidation]`. A
+//! changed `listen` or `[listeners]` (or a listener's `tls`) is refused (restart to
+//! apply): bound sockets keep the tree they serve.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -61,7 +61,9 @@ pub fn reload(path: &std::path::Path, process: &Process) -> bool {
             process.reload_failures.fetch_add(1, Relaxed);
             process.tls_reload_failures.fetch_add(1, Relaxed);
             tracing::error!(
-                "config reload rejected, the running config and certificates stay                  (counted in squeal_router_tls_reload_failures_total): {e}; fix the file                  and send SIGHUP again"
+                "config reload rejected, the running config and certificates stay \
+                 (counted in squeal_router_tls_reload_failures_total): {e}; fix the file \
+                 and send SIGHUP again"
             );
             return false;
         }

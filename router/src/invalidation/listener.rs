@@ -27,6 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::socket::Transport;
+use crate::tls::Refused;
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
@@ -243,59 +244,39 @@ async fn tls_accept(
     limits: &Limits,
     rejects: &RejectLog,
 ) -> Option<Transport> {
-    let peer_name = peer.to_string();
-    // squeal waits for the router's hello, so a squeal without TLS sends nothing at all:
-    // the timeout's message says what that most likely means.
-    let mut first = [0u8; 1];
-    match tokio::time::timeout(limits.handshake_timeout, stream.peek(&mut first)).await {
-        Ok(Ok(1)) => {}
-        Ok(_) => return None,
-        Err(_) => {
-            rejects.reject(
-                "tls_handshake",
-                &peer_name,
-                &"sent no TLS handshake within handshake_timeout_ms: a squeal whose router \
-                  sink has no `tls` settings? the port has [invalidation] tls = true",
-            );
-            return None;
-        }
-    }
-    if first[0] != marker::tls::HANDSHAKE_RECORD {
-        rejects.reject(
-            "not_tls",
-            &peer_name,
-            &"spoke plain text on a port that requires TLS ([invalidation] tls = true)",
-        );
-        return None;
-    }
-    let Some(config) = source() else {
-        rejects.reject(
-            "tls_handshake",
-            &peer_name,
-            &"no [tls] certificate is loaded",
-        );
-        return None;
+    let refused = match crate::tls::accept(stream, || source(), limits.handshake_timeout).await {
+        Ok(t) => return Some(t),
+        Err(r) => r,
     };
-    let accept = tokio_rustls::TlsAcceptor::from(config).accept(stream);
-    match tokio::time::timeout(limits.handshake_timeout, accept).await {
-        Ok(Ok(s)) => Some(Transport::Tls(Box::new(tokio_rustls::TlsStream::Server(s)))),
-        Ok(Err(e)) => {
-            rejects.reject(
-                "tls_handshake",
-                &peer_name,
-                &format_args!("TLS handshake: {e}"),
-            );
-            None
+    let peer = peer.to_string();
+    match refused {
+        Refused::Closed => {}
+        // squeal waits for the router's hello, so a squeal without TLS sends nothing at
+        // all: the message says what that most likely means.
+        Refused::Silent => rejects.reject(
+            "tls_handshake",
+            &peer,
+            &"sent no TLS handshake within handshake_timeout_ms: a squeal whose router \
+              sink has no `tls` settings? the port has [invalidation] tls = true",
+        ),
+        Refused::NotTls(_) => rejects.reject(
+            "not_tls",
+            &peer,
+            &"spoke plain text on a port that requires TLS ([invalidation] tls = true)",
+        ),
+        Refused::NoCertificate => {
+            rejects.reject("tls_handshake", &peer, &"no [tls] certificate is loaded")
         }
-        Err(_) => {
-            rejects.reject(
-                "tls_handshake",
-                &peer_name,
-                &"TLS handshake not finished within handshake_timeout_ms",
-            );
-            None
+        Refused::Handshake(e) => {
+            rejects.reject("tls_handshake", &peer, &format_args!("TLS handshake: {e}"))
         }
+        Refused::HandshakeTimeout => rejects.reject(
+            "tls_handshake",
+            &peer,
+            &"TLS handshake not finished within handshake_timeout_ms",
+        ),
     }
+    None
 }
 
 /// The highest sequence number seen per source: a batch at or below it is a retry. It is

@@ -302,6 +302,15 @@ impl SinkTls {
         marker::tls::client_config(&self.ca, client).map_err(|e| format!("[sink.tls]: {e}"))
     }
 
+    /// Reads the files and checks every endpoint's name now (at start and by `--check`;
+    /// connections read the files again at each connect): the first problem, if any.
+    pub fn check(&self, endpoints: &[String]) -> Result<(), String> {
+        self.client_config()?;
+        endpoints
+            .iter()
+            .try_for_each(|e| self.server_name(e).map(|_| ()))
+    }
+
     /// The name `endpoint`'s certificate is checked against.
     pub fn server_name(
         &self,

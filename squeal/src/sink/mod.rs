@@ -69,10 +69,7 @@ pub fn build(configs: &[SinkConfig]) -> anyhow::Result<Vec<Arc<dyn Sink>>> {
                     // Checked now, so a broken file stops the start with its reason; the
                     // connections read the files again at each connect.
                     if let Some(t) = tls {
-                        t.client_config().map_err(anyhow::Error::msg)?;
-                        for e in endpoints {
-                            t.server_name(e).map_err(anyhow::Error::msg)?;
-                        }
+                        t.check(endpoints).map_err(anyhow::Error::msg)?;
                     }
                     Arc::new(router::RouterSink::new(
                         endpoints.clone(),
