@@ -1,14 +1,13 @@
-//! Packs the keys of committed transactions into batches bounded by bytes and by a linger
-//! time. Under load a batch fills up and leaves at once with many keys; when the stream is
-//! idle the first key leaves after at most `linger` (sub-millisecond by default).
+//! Turns committed transactions into pieces for the dispatcher: a transaction's keys, split
+//! where they would overflow `max_bytes`. Nothing waits here: every transaction leaves as
+//! soon as its commit is read, and the dispatcher ([`crate::delivery`]) packs what arrives
+//! while a packet is in flight into the next one (send at once when idle, accumulate while
+//! busy), so packets grow with load without a timer on the idle path.
 //!
-//! A batch carries the position after the last transaction it completes: once it and every
-//! batch before it are acknowledged, that position may be checkpointed.
+//! A piece carries the position after the transaction it completes: once it and everything
+//! before it are acknowledged, that position may be checkpointed.
 
-use std::time::{Duration, Instant};
-
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
@@ -17,9 +16,11 @@ use crate::model::{Committed, Position};
 /// Bytes a key costs in a packet beyond its own length (`delete ` + `\r\n`).
 pub const KEY_OVERHEAD: usize = 9;
 
-/// A packet of keys.
+/// A packet of keys (or, between the batcher and the dispatcher, a piece of one).
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// Set by the dispatcher when the packet leaves (a router counts a number it has
+    /// already seen from this source as a re-sent duplicate, so only sent packets have one).
     pub seq: u64,
     /// Keys back to back; `ends[i]` is where key `i` ends.
     pub data: Vec<u8>,
@@ -29,8 +30,10 @@ pub struct Batch {
     pub gtid: Option<String>,
     pub txns: u32,
     /// Server commit time of the last transaction it completes (microseconds since the
-    /// epoch; the binlog has second resolution), 0 if unknown.
+    /// epoch: MySQL 8's `immediate_commit_timestamp`, else the event's whole second), 0 if
+    /// unknown.
     pub commit_time_us: u64,
+    /// When squeal read the commit of its first transaction (the batcher-wait stage starts).
     pub born: Instant,
     /// Once this batch's keys are delivered, every target is flushed (`Sink::flush_all`),
     /// after every batch before it and before any after it (a table reset with
@@ -39,16 +42,16 @@ pub struct Batch {
 }
 
 impl Batch {
-    fn new(seq: u64) -> Batch {
+    fn new(born: Instant) -> Batch {
         Batch {
-            seq,
+            seq: 0,
             data: Vec::new(),
             ends: Vec::new(),
             pos: None,
             gtid: None,
             txns: 0,
             commit_time_us: 0,
-            born: Instant::now(),
+            born,
             flush: false,
         }
     }
@@ -83,6 +86,22 @@ impl Batch {
         self.ends.push(self.data.len() as u32);
     }
 
+    /// Appends `later` (the next piece in stream order): its keys follow these, and what it
+    /// completes is what the packet completes. The packet's wait started with its oldest key.
+    pub fn append(&mut self, later: Batch) {
+        let base = self.data.len() as u32;
+        self.data.extend_from_slice(&later.data);
+        self.ends.extend(later.ends.iter().map(|e| e + base));
+        if later.pos.is_some() {
+            self.pos = later.pos;
+            self.gtid = later.gtid;
+            self.commit_time_us = later.commit_time_us;
+        }
+        self.txns += later.txns;
+        self.born = self.born.min(later.born);
+        self.flush |= later.flush;
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
         let mut start = 0usize;
         self.ends.iter().map(move |&e| {
@@ -93,56 +112,14 @@ impl Batch {
     }
 }
 
-/// Builds batches and hands them to the sink stage through a bounded channel (which is what
-/// bounds memory: a full channel stops the binlog reader).
+/// Cuts committed transactions into pieces of at most `max_bytes` and hands them to the
+/// dispatcher through a bounded channel (which is what bounds memory: a full channel stops
+/// the binlog reader).
 pub struct Batcher {
     max_bytes: usize,
-    linger: Duration,
     cur: Option<Batch>,
-    seq: u64,
     tx: mpsc::Sender<Batch>,
     key: Vec<u8>,
-    /// Set: send at once when the sink stage is idle (see [`SinkLoad`]).
-    load: Option<Arc<SinkLoad>>,
-    /// When the last packet left.
-    last_sent: Instant,
-}
-
-/// Where this run's batch numbers start: the start time in microseconds since the epoch,
-/// so numbers keep increasing across restarts (a router counts a number it has already
-/// seen from this source as a re-sent duplicate; restarting at 1 made every batch of a
-/// restarted squeal look like one). A run would need more than one batch per microsecond
-/// of downtime to collide with its predecessor.
-fn first_seq() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
-
-/// How busy the sink stage is, as the batcher sees it: a transaction's keys leave at once
-/// when nothing is in flight or queued and the previous packet left more than a linger time
-/// ago (the idle path: no linger wait). Otherwise keys accumulate, bounded by bytes and by
-/// the linger time, as before: under load packets stay as big as they were.
-#[derive(Default)]
-pub struct SinkLoad {
-    in_flight: AtomicUsize,
-}
-
-impl SinkLoad {
-    /// A batch went to the sinks.
-    pub fn started(&self) {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-    }
-
-    /// A batch was acknowledged.
-    pub fn finished(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    fn is_idle(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) == 0
-    }
 }
 
 /// The sink stage has gone away.
@@ -151,40 +128,20 @@ impl SinkLoad {
 pub struct Closed;
 
 impl Batcher {
-    pub fn new(max_bytes: usize, linger: Duration, tx: mpsc::Sender<Batch>) -> Batcher {
+    pub fn new(max_bytes: usize, tx: mpsc::Sender<Batch>) -> Batcher {
         Batcher {
             max_bytes,
-            linger,
             cur: None,
-            seq: first_seq(),
             tx,
             key: Vec::new(),
-            load: None,
-            last_sent: Instant::now(),
         }
     }
 
-    /// Sends a completed transaction at once when nothing is in flight or queued, instead
-    /// of waiting for the linger time.
-    pub fn send_when_idle(mut self, load: Arc<SinkLoad>) -> Batcher {
-        self.load = Some(load);
-        self
+    fn open(&mut self, born: Instant) -> &mut Batch {
+        self.cur.get_or_insert_with(|| Batch::new(born))
     }
 
-    /// When the open batch must leave, if there is one.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.cur.as_ref().map(|b| b.born + self.linger)
-    }
-
-    fn open(&mut self) -> &mut Batch {
-        if self.cur.is_none() {
-            self.seq += 1;
-            self.cur = Some(Batch::new(self.seq));
-        }
-        self.cur.as_mut().expect("just opened")
-    }
-
-    async fn add_key(&mut self, key: &[u8]) -> Result<(), Closed> {
+    async fn add_key(&mut self, key: &[u8], born: Instant) -> Result<(), Closed> {
         let full = self
             .cur
             .as_ref()
@@ -192,14 +149,14 @@ impl Batcher {
         if full {
             self.flush().await?;
         }
-        let b = self.open();
-        b.data.extend_from_slice(key);
-        b.ends.push(b.data.len() as u32);
+        self.open(born).push_key(key);
         Ok(())
     }
 
-    /// Adds a committed transaction's keys; the open batch then completes it.
+    /// Hands a committed transaction's keys on (a large one in several pieces, the last
+    /// completing it).
     pub async fn push(&mut self, c: Committed) -> Result<(), Closed> {
+        let born = c.received;
         let mut reader = match c.keys.into_reader() {
             Ok(r) => r,
             Err(e) => {
@@ -210,7 +167,7 @@ impl Batcher {
         let mut key = std::mem::take(&mut self.key);
         loop {
             match reader.next_key(&mut key) {
-                Ok(true) => self.add_key(&key).await?,
+                Ok(true) => self.add_key(&key, born).await?,
                 Ok(false) => break,
                 Err(e) => {
                     tracing::error!(error = %e, "reading spilled transaction keys");
@@ -219,36 +176,19 @@ impl Batcher {
             }
         }
         self.key = key;
-        let b = self.open();
+        let b = self.open(born);
         b.pos = Some(c.pos);
         b.gtid = c.gtid;
-        b.commit_time_us = c.commit_ts as u64 * 1_000_000;
+        b.commit_time_us = c.commit_us.unwrap_or(c.commit_ts as u64 * 1_000_000);
         b.txns += 1;
-        if c.flush {
-            b.flush = true;
-            return self.flush().await;
-        }
-        if b.bytes() + KEY_OVERHEAD + 250 > self.max_bytes {
-            return self.flush().await;
-        }
-        let idle = self.load.as_ref().is_some_and(|l| l.is_idle())
-            && self.tx.capacity() == self.tx.max_capacity()
-            && self.last_sent.elapsed() >= self.linger;
-        if idle {
-            self.flush().await?;
-        }
-        Ok(())
+        b.flush = c.flush;
+        self.flush().await
     }
 
-    /// Sends the open batch now.
+    /// Hands the open piece on now.
     pub async fn flush(&mut self) -> Result<(), Closed> {
         if let Some(b) = self.cur.take() {
-            metrics::histogram!("squeal_keys_per_packet").record(b.len() as f64);
-            metrics::histogram!("squeal_packet_bytes").record(b.bytes() as f64);
-            // Time the first key of the packet waited in the batcher.
-            metrics::histogram!("squeal_batch_wait_seconds").record(b.born.elapsed().as_secs_f64());
             self.tx.send(b).await.map_err(|_| Closed)?;
-            self.last_sent = Instant::now();
         }
         Ok(())
     }
@@ -271,57 +211,83 @@ mod tests {
                 pos,
             },
             gtid: None,
-            commit_ts: 0,
+            commit_ts: 7,
+            commit_us: None,
+            received: Instant::now(),
             flush: false,
         }
     }
 
     #[tokio::test]
-    async fn packs_by_bytes_and_keeps_positions_in_order() {
+    async fn each_transaction_leaves_at_once_and_a_large_one_in_pieces() {
         let (tx, mut rx) = mpsc::channel(100);
-        let mut b = Batcher::new(300, Duration::from_millis(1), tx);
+        let mut b = Batcher::new(300, tx);
+        b.push(txn(&["a", "b"], 5)).await.unwrap();
+        let one = rx.try_recv().expect("sent at its commit, no timer");
+        assert_eq!((one.len(), one.txns), (2, 1));
+        assert_eq!(one.pos.unwrap().pos, 5);
+        assert_eq!(one.commit_time_us, 7_000_000);
+
         let keys: Vec<String> = (0..100).map(|i| format!("key:{i:04}")).collect();
-        for (i, chunk) in keys.chunks(7).enumerate() {
-            let refs: Vec<&str> = chunk.iter().map(|s| s.as_str()).collect();
-            b.push(txn(&refs, i as u64 + 10)).await.unwrap();
-        }
-        b.flush().await.unwrap();
+        let refs: Vec<&str> = keys.iter().map(|s| s.as_str()).collect();
+        b.push(txn(&refs, 9)).await.unwrap();
         drop(b);
         let mut all = Vec::new();
-        let mut last_pos = 0;
-        while let Some(batch) = rx.recv().await {
-            assert!(batch.bytes() <= 300, "{}", batch.bytes());
-            all.extend(batch.keys().map(|k| String::from_utf8(k.to_vec()).unwrap()));
-            if let Some(p) = batch.pos {
-                assert!(p.pos > last_pos);
-                last_pos = p.pos;
-            }
+        let mut pieces = Vec::new();
+        while let Some(p) = rx.recv().await {
+            assert!(p.bytes() <= 300, "{}", p.bytes());
+            all.extend(p.keys().map(|k| String::from_utf8(k.to_vec()).unwrap()));
+            pieces.push(p);
         }
-        assert_eq!(all, keys);
-        assert_eq!(last_pos, 10 + 14);
+        assert!(pieces.len() > 1);
+        let (last, rest) = pieces.split_last().unwrap();
+        assert!(
+            rest.iter().all(|p| p.pos.is_none() && p.txns == 0),
+            "only the last completes it"
+        );
+        assert_eq!((last.pos.as_ref().unwrap().pos, last.txns), (9, 1));
+        let mut sorted = all.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys);
     }
 
-    #[tokio::test]
-    async fn an_idle_sink_gets_a_transaction_at_once_a_busy_one_gets_them_packed() {
-        let (tx, mut rx) = mpsc::channel(100);
-        let load = Arc::new(SinkLoad::default());
-        let linger = Duration::from_millis(20);
-        let mut b = Batcher::new(16 * 1024, linger, tx).send_when_idle(load.clone());
-        tokio::time::sleep(linger).await;
-        b.push(txn(&["a"], 1)).await.unwrap();
-        let first = rx
-            .try_recv()
-            .expect("sent without waiting for the linger time");
-        assert_eq!(first.len(), 1);
-        // Right after a packet left, or with a batch in flight: keys accumulate.
-        b.push(txn(&["b"], 2)).await.unwrap();
-        assert!(rx.try_recv().is_err(), "held: the last packet just left");
-        tokio::time::sleep(linger).await;
-        load.started();
-        b.push(txn(&["c"], 3)).await.unwrap();
-        assert!(rx.try_recv().is_err(), "held while a batch is in flight");
-        load.finished();
-        b.flush().await.unwrap();
-        assert_eq!(rx.try_recv().unwrap().len(), 2);
+    #[test]
+    fn append_keeps_key_order_and_takes_the_later_position() {
+        let mut a = Batch::new(Instant::now());
+        a.push_key(b"one");
+        a.pos = Some(Position {
+            file: "f".into(),
+            pos: 1,
+        });
+        a.txns = 1;
+        let mut b = Batch::new(Instant::now());
+        b.push_key(b"two");
+        b.push_key(b"three");
+        a.append(b.clone());
+        assert_eq!(
+            a.keys().collect::<Vec<_>>(),
+            [&b"one"[..], b"two", b"three"]
+        );
+        assert_eq!(
+            a.pos.as_ref().unwrap().pos,
+            1,
+            "a piece that completes nothing"
+        );
+        b.pos = Some(Position {
+            file: "f".into(),
+            pos: 2,
+        });
+        b.txns = 1;
+        b.commit_time_us = 42;
+        a.append(b);
+        assert_eq!(
+            (
+                a.pos.as_ref().unwrap().pos,
+                a.txns,
+                a.commit_time_us,
+                a.len()
+            ),
+            (2, 2, 42, 5)
+        );
     }
 }

@@ -29,6 +29,8 @@ struct Spans {
     extract: ExtractSpans,
     #[serde(default)]
     sink: Vec<Spanned<HashMap<String, Spanned<toml::Value>>>>,
+    #[serde(default)]
+    batch: HashMap<String, Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -112,6 +114,13 @@ pub async fn check(path: &Path, text: &str, cfg: &Config) -> Report {
         notes: Vec::new(),
     };
     check_sinks(&mut r, cfg);
+    for msg in cfg.ignored_settings() {
+        let line = r.spans.batch.get("linger_us").map(|v| r.line(v.span()));
+        r.notes.push(match line {
+            Some(l) => format!("{}:{l}: warning: {msg}", r.file),
+            None => format!("{}: warning: {msg}", r.file),
+        });
+    }
     let addr = live::address(&cfg.source);
     // Err((refused, why)): refused is true when the server answered and said no (bad
     // password, unknown user): a problem with the config, not "offline".

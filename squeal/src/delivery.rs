@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::batch::{Batch, SinkLoad};
+use crate::batch::{Batch, KEY_OVERHEAD};
 use crate::model::Position;
 use crate::sink::Sink;
 
@@ -71,21 +71,111 @@ async fn flush_every_sink(sinks: &[Arc<dyn Sink>]) {
     }
 }
 
-/// Sends batches to every sink, up to `max_in_flight` at once, and publishes what is
-/// acknowledged, in order. Returns when the batch channel closes and all is delivered.
+/// Where this run's batch numbers start: the start time in microseconds since the epoch,
+/// so numbers keep increasing across restarts (a router counts a number it has already
+/// seen from this source as a re-sent duplicate; restarting at 1 made every batch of a
+/// restarted squeal look like one). A run would need more than one batch per microsecond
+/// of downtime to collide with its predecessor.
+fn first_seq() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The packet being filled while others are in flight: TCP's Nagle rule for batches. A
+/// partly filled packet leaves only when nothing is in flight; a full one leaves while
+/// fewer than `max_in_flight` are. So the idle path sends each transaction at once (no
+/// timer), and under load keys pile up for exactly as long as a round trip takes.
+struct Packer {
+    max_bytes: usize,
+    open: Option<Batch>,
+    /// The piece that did not fit into `open`: the next packet's first.
+    next: Option<Batch>,
+    seq: u64,
+}
+
+impl Packer {
+    fn new(max_bytes: usize) -> Packer {
+        Packer {
+            max_bytes,
+            open: None,
+            next: None,
+            seq: first_seq(),
+        }
+    }
+
+    /// Room for more pieces (the dispatcher stops taking them when not: the channel fills
+    /// and the binlog reader waits).
+    fn has_room(&self) -> bool {
+        self.next.is_none() && !self.open.as_ref().is_some_and(|b| b.flush)
+    }
+
+    fn add(&mut self, piece: Batch) {
+        match &mut self.open {
+            None => self.open = Some(piece),
+            Some(open) if open.bytes() + piece.bytes() <= self.max_bytes && !open.flush => {
+                open.append(piece)
+            }
+            Some(_) => self.next = Some(piece),
+        }
+    }
+
+    /// Full: nothing more fits, or it carries a flush (which goes alone, after the rest).
+    fn is_full(&self) -> bool {
+        self.next.is_some()
+            || self
+                .open
+                .as_ref()
+                .is_some_and(|b| b.flush || b.bytes() + KEY_OVERHEAD + MIN_KEY > self.max_bytes)
+    }
+
+    /// The open packet, numbered, if the Nagle rule lets it leave with `in_flight` batches
+    /// outstanding.
+    fn take(&mut self, in_flight: usize, max_in_flight: usize) -> Option<Batch> {
+        let open = self.open.as_ref()?;
+        let may = if open.flush {
+            in_flight == 0
+        } else {
+            in_flight == 0 || (self.is_full() && in_flight < max_in_flight)
+        };
+        if !may {
+            return None;
+        }
+        let mut b = self.open.take().expect("checked");
+        self.open = self.next.take();
+        self.seq += 1;
+        b.seq = self.seq;
+        metrics::histogram!("squeal_keys_per_packet").record(b.len() as f64);
+        metrics::histogram!("squeal_packet_bytes").record(b.bytes() as f64);
+        // How long the packet's oldest key waited in squeal since its commit was read.
+        metrics::histogram!("squeal_batch_wait_seconds").record(b.born.elapsed().as_secs_f64());
+        Some(b)
+    }
+}
+
+/// A packet with less room than this for another key counts as full (a typical key).
+const MIN_KEY: usize = 250;
+
+/// Sends batches to every sink and publishes what is acknowledged, in order. Pieces from
+/// the batcher are packed into packets ([`Packer`]): one leaves at once when nothing is in
+/// flight, otherwise when full, up to `max_in_flight` outstanding. A flush batch waits for
+/// everything before it, goes alone, and nothing after it leaves until every sink flushed.
+/// Returns when the batch channel closes and all is delivered.
 pub async fn dispatch(
     mut rx: mpsc::Receiver<Batch>,
     sinks: Vec<Arc<dyn Sink>>,
+    max_bytes: usize,
     max_in_flight: usize,
     acked: watch::Sender<Acked>,
-    load: Arc<SinkLoad>,
 ) {
     let sinks = Arc::new(sinks);
+    let max_in_flight = max_in_flight.max(1);
     let mut inflight = FuturesOrdered::new();
+    let mut packer = Packer::new(max_bytes);
     let mut open = true;
     let mut state = Acked::default();
     let ack = |b: Arc<Batch>, state: &mut Acked| {
-        load.finished();
         metrics::counter!("squeal_keys_delivered_total").increment(b.len() as u64);
         metrics::histogram!("squeal_batch_ack_seconds").record(b.born.elapsed().as_secs_f64());
         state.seq = b.seq;
@@ -97,31 +187,203 @@ pub async fn dispatch(
         acked.send_replace(state.clone());
     };
     loop {
+        // Everything already queued joins the open packet before it may leave.
+        while packer.has_room() {
+            match rx.try_recv() {
+                Ok(piece) => packer.add(piece),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        while let Some(b) = packer.take(inflight.len(), max_in_flight) {
+            if b.flush {
+                // Everything before it is acknowledged (take waited for that), then its
+                // own keys, then the flush itself; its position is acknowledged
+                // (checkpointable) only then.
+                let b = deliver(sinks.clone(), Arc::new(b)).await;
+                flush_every_sink(&sinks).await;
+                ack(b, &mut state);
+            } else {
+                inflight.push_back(deliver(sinks.clone(), Arc::new(b)));
+            }
+        }
+        if !open && inflight.is_empty() && packer.open.is_none() {
+            break;
+        }
         tokio::select! {
-            b = rx.recv(), if open && inflight.len() < max_in_flight => match b {
-                Some(b) if b.flush => {
-                    // Everything before the flush is acknowledged first, then its own keys,
-                    // then the flush itself; nothing after it is sent until it is done, and
-                    // its position is acknowledged (checkpointable) only then.
-                    while let Some(done) = inflight.next().await {
-                        ack(done, &mut state);
-                    }
-                    load.started();
-                    let b = deliver(sinks.clone(), Arc::new(b)).await;
-                    flush_every_sink(&sinks).await;
-                    ack(b, &mut state);
-                }
-                Some(b) => {
-                    load.started();
-                    inflight.push_back(deliver(sinks.clone(), Arc::new(b)))
-                }
+            piece = rx.recv(), if open && packer.has_room() => match piece {
+                Some(piece) => packer.add(piece),
                 None => open = false,
             },
             Some(b) = inflight.next(), if !inflight.is_empty() => ack(b, &mut state),
-            else => break,
         }
-        if !open && inflight.is_empty() {
-            break;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use tokio::sync::oneshot;
+
+    use super::*;
+    use crate::sink::{SinkError, SinkFuture};
+
+    /// A sink whose sends complete when the test says so.
+    struct Gated {
+        sent: mpsc::UnboundedSender<(Arc<Batch>, oneshot::Sender<()>)>,
+        flushes: mpsc::UnboundedSender<()>,
+    }
+
+    impl Sink for Gated {
+        fn name(&self) -> &str {
+            "gated"
         }
+        fn send(&self, batch: Arc<Batch>) -> SinkFuture {
+            let (done, wait) = oneshot::channel();
+            let _ = self.sent.send((batch, done));
+            Box::pin(async move { wait.await.map_err(|_| SinkError("dropped".into())) })
+        }
+        fn flush_all(&self) -> SinkFuture {
+            let _ = self.flushes.send(());
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    struct Rig {
+        pieces: mpsc::Sender<Batch>,
+        sent: mpsc::UnboundedReceiver<(Arc<Batch>, oneshot::Sender<()>)>,
+        flushes: mpsc::UnboundedReceiver<()>,
+        acked: watch::Receiver<Acked>,
+    }
+
+    fn rig(max_bytes: usize, max_in_flight: usize) -> Rig {
+        let (pieces, rx) = mpsc::channel(64);
+        let (stx, sent) = mpsc::unbounded_channel();
+        let (ftx, flushes) = mpsc::unbounded_channel();
+        let (atx, acked) = watch::channel(Acked::default());
+        let sink: Arc<dyn Sink> = Arc::new(Gated {
+            sent: stx,
+            flushes: ftx,
+        });
+        tokio::spawn(dispatch(rx, vec![sink], max_bytes, max_in_flight, atx));
+        Rig {
+            pieces,
+            sent,
+            flushes,
+            acked,
+        }
+    }
+
+    fn piece(key: &str, pos: u64) -> Batch {
+        let mut b = Batch {
+            seq: 0,
+            data: Vec::new(),
+            ends: Vec::new(),
+            pos: Some(Position {
+                file: "f".into(),
+                pos,
+            }),
+            gtid: None,
+            txns: 1,
+            commit_time_us: 0,
+            born: Instant::now(),
+            flush: false,
+        };
+        b.push_key(key.as_bytes());
+        b
+    }
+
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn keys(b: &Batch) -> Vec<String> {
+        b.keys()
+            .map(|k| String::from_utf8(k.to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn idle_sends_at_once_busy_packs_until_the_ack() {
+        let mut r = rig(16 * 1024, 8);
+        r.pieces.send(piece("a", 1)).await.unwrap();
+        let (first, done) = r.sent.recv().await.unwrap();
+        assert_eq!(keys(&first), ["a"]);
+        for (i, k) in ["b", "c", "d"].iter().enumerate() {
+            r.pieces.send(piece(k, 2 + i as u64)).await.unwrap();
+        }
+        settle().await;
+        assert!(
+            r.sent.try_recv().is_err(),
+            "held while a packet is in flight"
+        );
+        done.send(()).unwrap();
+        let (second, done2) = r.sent.recv().await.unwrap();
+        assert_eq!(keys(&second), ["b", "c", "d"], "one packet, in order");
+        assert_eq!(second.txns, 3);
+        assert!(second.seq > first.seq);
+        assert_eq!(r.acked.borrow().pos.as_ref().unwrap().pos, 1);
+        done2.send(()).unwrap();
+        r.acked.changed().await.unwrap();
+        settle().await;
+        assert_eq!(r.acked.borrow().pos.as_ref().unwrap().pos, 4);
+        assert_eq!(r.acked.borrow().keys, 4);
+    }
+
+    #[tokio::test]
+    async fn full_packets_go_while_in_flight_up_to_the_limit() {
+        // Each piece costs 9 + 100 bytes: two fill a 250-byte packet.
+        let mut r = rig(250, 2);
+        let key = |c: char| c.to_string().repeat(100);
+        r.pieces.send(piece(&key('a'), 1)).await.unwrap();
+        let (_, d1) = r.sent.recv().await.unwrap();
+        for (i, c) in "bcdefg".chars().enumerate() {
+            r.pieces.send(piece(&key(c), 2 + i as u64)).await.unwrap();
+        }
+        let (p2, d2) = r.sent.recv().await.unwrap();
+        assert_eq!(p2.len(), 2, "full, so it went with one in flight");
+        settle().await;
+        assert!(r.sent.try_recv().is_err(), "max_in_flight = 2 reached");
+        d1.send(()).unwrap();
+        let (p3, d3) = r.sent.recv().await.unwrap();
+        assert_eq!(p3.len(), 2);
+        d2.send(()).unwrap();
+        d3.send(()).unwrap();
+        let (p4, d4) = r.sent.recv().await.unwrap();
+        assert_eq!(keys(&p4), [key('f'), key('g')]);
+        d4.send(()).unwrap();
+        drop(r.pieces);
+        while r.acked.changed().await.is_ok() {}
+        assert_eq!(r.acked.borrow().pos.as_ref().unwrap().pos, 7);
+    }
+
+    #[tokio::test]
+    async fn a_flush_waits_for_everything_before_it_and_holds_what_follows() {
+        let mut r = rig(16 * 1024, 8);
+        r.pieces.send(piece("a", 1)).await.unwrap();
+        let (_, d1) = r.sent.recv().await.unwrap();
+        let mut f = piece("b", 2);
+        f.flush = true;
+        r.pieces.send(f).await.unwrap();
+        r.pieces.send(piece("c", 3)).await.unwrap();
+        settle().await;
+        assert!(r.sent.try_recv().is_err());
+        d1.send(()).unwrap();
+        let (p, d2) = r.sent.recv().await.unwrap();
+        assert_eq!(keys(&p), ["b"], "the flush's own keys go alone");
+        settle().await;
+        assert!(r.flushes.try_recv().is_err(), "keys first, then the flush");
+        d2.send(()).unwrap();
+        r.flushes.recv().await.unwrap();
+        let (p, d3) = r.sent.recv().await.unwrap();
+        assert_eq!(keys(&p), ["c"]);
+        assert_eq!(r.acked.borrow().pos.as_ref().unwrap().pos, 2);
+        d3.send(()).unwrap();
     }
 }

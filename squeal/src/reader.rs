@@ -148,13 +148,8 @@ impl Reader {
                     return Ok(ReadEnd::Done);
                 }
             }
-            let deadline = self.batcher.deadline();
             let ev = tokio::select! {
                 ev = tokio::time::timeout(self.dead_after, stream.next()) => ev,
-                _ = async { tokio::time::sleep_until(deadline.expect("guarded").into()).await }, if deadline.is_some() => {
-                    if self.batcher.flush().await.is_err() { anyhow::bail!("sink stage stopped"); }
-                    continue;
-                }
                 _ = self.sigterm.recv() => return Ok(ReadEnd::Done),
                 _ = tokio::signal::ctrl_c() => return Ok(ReadEnd::Done),
             };
@@ -231,6 +226,12 @@ impl Reader {
             tokio::spawn(cascade::check_cascades(self.cfg.clone()));
         }
         for c in self.out.drain(..) {
+            if let Some(us) = c.commit_us {
+                // The receive stage: from the server's commit (MySQL 8 dates it to the
+                // microsecond) to squeal reading it.
+                metrics::histogram!("squeal_receive_delay_seconds")
+                    .record(now_us().saturating_sub(us) as f64 / 1e6);
+            }
             if self.batcher.push(c).await.is_err() {
                 anyhow::bail!("sink stage stopped");
             }
@@ -275,4 +276,11 @@ fn log_problems(problems: &mut Vec<String>, limiter: &mut Limited, end: bool) {
             crate::ratelimit::suppressed_text(n, over)
         );
     }
+}
+
+/// Wall-clock microseconds since the epoch (commit timestamps are on that clock).
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -14,7 +14,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::batch::{Batcher, SinkLoad};
+use crate::batch::Batcher;
 use crate::checkpoint;
 use crate::config::Config;
 use crate::delivery::{self, Acked};
@@ -43,9 +43,15 @@ pub struct Summary {
     pub end: Option<Position>,
 }
 
+/// Pieces the batcher may queue ahead of the dispatcher.
+const PIECES_QUEUED: usize = 512;
+
 /// Runs squeal until stopped (or, in `UntilCurrent` mode, until caught up).
 pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let started = Instant::now();
+    for msg in cfg.ignored_settings() {
+        tracing::warn!("{msg}");
+    }
     let sinks = sink::build(&cfg.sinks)?;
     let Some((start, _gtid)) = checkpoint::start_position(&cfg).await? else {
         return Ok(Summary::default());
@@ -55,26 +61,22 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
         Mode::Follow => None,
     };
 
-    let (btx, brx) = mpsc::channel(cfg.batch.max_in_flight.max(1) * 2);
+    // In pieces (a transaction, or a max_bytes part of a large one): enough queued to fill
+    // a packet while one is in flight, few enough to bound memory.
+    let (btx, brx) = mpsc::channel(PIECES_QUEUED);
     let (atx, arx) = watch::channel(Acked::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let load = Arc::new(SinkLoad::default());
     let dispatcher = tokio::spawn(delivery::dispatch(
         brx,
         sinks,
+        cfg.batch.max_bytes,
         cfg.batch.max_in_flight,
         atx,
-        load.clone(),
     ));
 
     let mut processor = processor(&cfg).await?;
     processor.reset_to(&start);
-    let batcher = Batcher::new(
-        cfg.batch.max_bytes,
-        Duration::from_micros(cfg.batch.linger_us),
-        btx,
-    )
-    .send_when_idle(load);
+    let batcher = Batcher::new(cfg.batch.max_bytes, btx);
     cascade::check_cascades(cfg.clone()).await;
     let reader_pos = Arc::new(Mutex::new((start.clone(), 0u32)));
     let poller = tokio::spawn(lag::poll(cfg.clone(), reader_pos.clone()));

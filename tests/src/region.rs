@@ -153,7 +153,7 @@ impl Region {
     pub fn squeal_config_with_sink(&self, sink: &str, extract: &str) -> String {
         format!(
             "[source]\nurl = \"{}\"\nserver_id = {}\nheartbeat_ms = 500\nreconnect_min_ms = 50\n\
-             reconnect_max_ms = 500\n\n{extract}\n\n[batch]\nlinger_us = 500\n\n\
+             reconnect_max_ms = 500\n\n{extract}\n\n\
              [[sink]]\n{sink}\n\n[checkpoint]\npath = {:?}\ninterval_ms = 100\n",
             self.db.url(),
             900 + self.db.server_id,

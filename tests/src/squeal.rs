@@ -133,7 +133,7 @@ pub fn config(
     let eps: Vec<String> = endpoints.iter().map(|e| format!("\"{e}\"")).collect();
     format!(
         "[source]\nurl = \"{db_url}\"\nserver_id = 777\nheartbeat_ms = 500\nreconnect_min_ms = 50\n\
-         reconnect_max_ms = 500\n\n[batch]\nlinger_us = 500\n\n[[sink]]\ntype = \"memcache\"\n\
+         reconnect_max_ms = 500\n\n[[sink]]\ntype = \"memcache\"\n\
          endpoints = [{}]\ntimeout_ms = 1000\n\n[checkpoint]\npath = \"{}\"\ninterval_ms = 50\n\n{extra}\n",
         eps.join(", "),
         checkpoint.display()

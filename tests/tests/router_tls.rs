@@ -228,7 +228,6 @@ async fn squeal_invalidates_over_mutual_tls() -> Result<()> {
     let squeal_config = format!(
         "[source]\nurl = \"{}\"\nserver_id = 991\nheartbeat_ms = 500\n\
          [[extract.rule]]\ndatabase = \"app\"\ntable = \"items\"\nkeys = [\"item:{{id}}\"]\n\
-         [batch]\nlinger_us = 500\n\
          [[sink]]\ntype = \"router\"\nendpoints = [\"127.0.0.1:{inv_port}\"]\nsecret = \"s3\"\n\
          timeout_ms = 2000\n\
          [sink.tls]\nca = {:?}\ncert = {:?}\nkey = {:?}\n\

@@ -65,7 +65,7 @@ async fn run(holdoff: bool) -> Result<Outcome> {
     let _squeal = Squeal::start(&format!(
         "[source]\nurl = \"{}\"\nserver_id = 901\nheartbeat_ms = 500\n\n\
          [[extract.rule]]\ndatabase = \"shop\"\ntable = \"users\"\nkeys = [\"user:{{id}}\"]\n\n\
-         [batch]\nlinger_us = 500\n\n[[sink]]\ntype = \"router\"\n\
+         [[sink]]\ntype = \"router\"\n\
          endpoints = [\"127.0.0.1:{warm_inv}\", \"127.0.0.1:{cold_inv}\"]\nsecret = \"{SECRET}\"\n\n\
          [checkpoint]\npath = {:?}\n",
         db.url(),

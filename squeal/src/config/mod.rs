@@ -188,16 +188,18 @@ fn default_outbox_column() -> String {
     "cache_key".into()
 }
 
-/// `[batch]`: packets bounded by bytes and by linger time.
+/// `[batch]`: packets bounded by bytes and by the batches in flight (no timer: a packet
+/// leaves at once when nothing is in flight, see `delivery`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
     /// Largest packet, counting each key plus its command overhead.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: usize,
-    /// How long a partly filled packet waits for more keys, in microseconds.
-    #[serde(default = "default_linger_us")]
-    pub linger_us: u64,
+    /// Accepted from older configs and ignored (packets no longer wait on a timer);
+    /// `--check` and start-up say so.
+    #[serde(default)]
+    pub linger_us: Option<u64>,
     /// Batches handed to the sinks and not yet acknowledged.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
@@ -205,9 +207,6 @@ pub struct BatchConfig {
 
 fn default_max_bytes() -> usize {
     16 * 1024
-}
-fn default_linger_us() -> u64 {
-    500
 }
 fn default_in_flight() -> usize {
     8
@@ -217,7 +216,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_bytes: default_max_bytes(),
-            linger_us: default_linger_us(),
+            linger_us: None,
             max_in_flight: default_in_flight(),
         }
     }
@@ -442,6 +441,19 @@ impl Config {
             r.validate(i + 1)?;
         }
         Ok(())
+    }
+
+    /// Settings that parse but no longer do anything, each with what to change.
+    pub fn ignored_settings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(us) = self.batch.linger_us {
+            out.push(format!(
+                "[batch] linger_us = {us} is ignored: packets no longer wait on a timer (one \
+                 leaves at once when nothing is in flight; keys accumulate only while a packet \
+                 is in flight, bounded by max_bytes and max_in_flight); remove the line"
+            ));
+        }
+        out
     }
 
     pub fn heartbeat(&self) -> Duration {

@@ -266,6 +266,8 @@ impl Processor {
             pos: self.position(),
             gtid: self.last_gtid.clone(),
             commit_ts: self.last_ts,
+            commit_us: self.last_commit_us,
+            received: std::time::Instant::now(),
             flush: std::mem::take(&mut self.flush_pending),
         });
         self.in_txn = false;

@@ -27,6 +27,11 @@ pub struct Committed {
     pub gtid: Option<String>,
     /// Server timestamp of the commit event (seconds since the epoch).
     pub commit_ts: u32,
+    /// MySQL 8's `immediate_commit_timestamp` (microseconds since the epoch), when the
+    /// server writes one: the receive stage is timed from it.
+    pub commit_us: Option<u64>,
+    /// When squeal read the commit (the batcher-wait stage starts here).
+    pub received: std::time::Instant,
     /// Every target must be flushed once this transaction's keys (and everything before
     /// them) are delivered, before anything after it (a table reset, on_table_reset=flush).
     pub flush: bool,

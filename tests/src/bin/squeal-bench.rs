@@ -235,7 +235,7 @@ fn median(before: &[(f64, f64)], after: &[(f64, f64)]) -> Option<(f64, f64)> {
 async fn live(db: &MariaDb, mc: &Memcached) -> Result<Vec<(String, f64, f64, f64)>> {
     let dir = tempfile::tempdir()?;
     let cfg = format!(
-        "[source]\nurl = \"{}\"\nserver_id = 902\n\n[batch]\nlinger_us = 500\n\n[[sink]]\ntype = \"memcache\"\n\
+        "[source]\nurl = \"{}\"\nserver_id = 902\n\n[[sink]]\ntype = \"memcache\"\n\
          endpoints = [\"{}\"]\n\n[checkpoint]\npath = \"{}\"\n{RULES}",
         db.url(),
         mc.addr(),
@@ -377,7 +377,7 @@ async fn main() -> Result<()> {
         memc.rows / memc.secs / py_rate
     );
 
-    println!("\n== live: keys per packet (memcache sink, linger 500us, 2 keys per transaction) ==");
+    println!("\n== live: keys per packet (memcache sink, 2 keys per transaction) ==");
     println!(
         "{:<18} {:>14} {:>22} {:>10}",
         "write rate", "achieved tx/s", "median keys/packet", "packets"

@@ -141,6 +141,12 @@ async fn main() -> Result<()> {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
+    // Look-aside reader threads (4): closed loops that keep both cores busy, so every stage
+    // also waits for a core; 0 shows the pipeline on an otherwise idle machine.
+    let readers: usize = std::env::var("SQUEAL_BENCH_READERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(4);
     let mut region = Region::start(&RegionOptions::default()).await?;
     let (users, probes) = (10_000, 50);
     workload::create_schema(&region.db, users + probes).await?;
@@ -156,7 +162,7 @@ async fn main() -> Result<()> {
     let horizons = ["1s", "5s"];
     println!(
         "region: MariaDB, 2 clusters x 2 memcached + regional, 2 routers, squeal; {users} users; \
-         4 readers (look-aside with leases), 4 writers, {seconds} s per rate"
+         {readers} readers (look-aside with leases), 4 writers, {seconds} s per rate"
     );
     println!(
         "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>8} {:>9}  inspected (1 s | 5 s)",
@@ -182,7 +188,7 @@ async fn main() -> Result<()> {
             &WorkloadOptions {
                 users,
                 probes,
-                readers: 4,
+                readers,
                 writers: 4,
                 write_rate: rate,
                 duration: Duration::from_secs(seconds),
