@@ -4,12 +4,13 @@
 //! skipping one is not). What is acknowledged ([`Acked`]) is what the checkpoint may record.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::batch::{Batch, KEY_OVERHEAD};
+use crate::config::BatchConfig;
 use crate::model::Position;
 use crate::sink::Sink;
 
@@ -83,25 +84,59 @@ fn first_seq() -> u64 {
         .unwrap_or(0)
 }
 
+/// How the dispatcher packs pieces into packets (from `[batch]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Packing {
+    pub max_bytes: usize,
+    pub max_in_flight: usize,
+    /// Under load, a packet waits for this many keys (0: never waits).
+    pub busy_keys: usize,
+    /// ... for at most this long after its first key was read.
+    pub busy_wait: Duration,
+}
+
+impl From<&BatchConfig> for Packing {
+    fn from(c: &BatchConfig) -> Packing {
+        Packing {
+            max_bytes: c.max_bytes,
+            max_in_flight: c.max_in_flight.max(1),
+            busy_keys: c.busy_keys,
+            busy_wait: Duration::from_micros(c.busy_wait_us),
+        }
+    }
+}
+
 /// The packet being filled while others are in flight: TCP's Nagle rule for batches. A
 /// partly filled packet leaves only when nothing is in flight; a full one leaves while
 /// fewer than `max_in_flight` are. So the idle path sends each transaction at once (no
-/// timer), and under load keys pile up for exactly as long as a round trip takes.
+/// timer), and under load keys pile up for as long as a round trip takes.
+///
+/// A round trip to a nearby sink is short (100-300 us), so at tens of thousands of
+/// transactions a second that alone makes packets of a few keys, each costing the
+/// receivers a read and a write per cluster. So when keys arrive fast enough that a packet
+/// of `busy_keys` fills within `busy_wait` (an average of recent gaps between keys says
+/// so), a packet with nothing in flight also waits, for those keys or that time. Idle, the
+/// gaps are long and nothing waits.
 struct Packer {
-    max_bytes: usize,
+    packing: Packing,
     open: Option<Batch>,
     /// The piece that did not fit into `open`: the next packet's first.
     next: Option<Batch>,
     seq: u64,
+    /// Recent time between keys, in seconds (an exponential average over pieces).
+    key_gap: f64,
+    last_piece: Option<Instant>,
 }
 
 impl Packer {
-    fn new(max_bytes: usize) -> Packer {
+    fn new(packing: Packing) -> Packer {
         Packer {
-            max_bytes,
+            packing,
             open: None,
             next: None,
             seq: first_seq(),
+            key_gap: 1.0,
+            last_piece: None,
         }
     }
 
@@ -111,10 +146,17 @@ impl Packer {
         self.next.is_none() && !self.open.as_ref().is_some_and(|b| b.flush)
     }
 
-    fn add(&mut self, piece: Batch) {
+    fn add(&mut self, piece: Batch, now: Instant) {
+        let gap = self
+            .last_piece
+            .map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.last_piece = Some(now);
+        // A piece of n keys after a gap: n gaps of gap/n; weight 1/8 per piece.
+        let per_key = gap / piece.len().max(1) as f64;
+        self.key_gap += (per_key - self.key_gap) / 8.0;
         match &mut self.open {
             None => self.open = Some(piece),
-            Some(open) if open.bytes() + piece.bytes() <= self.max_bytes && !open.flush => {
+            Some(open) if open.bytes() + piece.bytes() <= self.packing.max_bytes && !open.flush => {
                 open.append(piece)
             }
             Some(_) => self.next = Some(piece),
@@ -124,20 +166,33 @@ impl Packer {
     /// Full: nothing more fits, or it carries a flush (which goes alone, after the rest).
     fn is_full(&self) -> bool {
         self.next.is_some()
-            || self
-                .open
-                .as_ref()
-                .is_some_and(|b| b.flush || b.bytes() + KEY_OVERHEAD + MIN_KEY > self.max_bytes)
+            || self.open.as_ref().is_some_and(|b| {
+                b.flush || b.bytes() + KEY_OVERHEAD + MIN_KEY > self.packing.max_bytes
+            })
     }
 
-    /// The open packet, numbered, if the Nagle rule lets it leave with `in_flight` batches
+    /// Until when the open packet waits for more keys with nothing in flight: only under
+    /// load, and only while it has fewer than `busy_keys`.
+    fn busy_until(&self) -> Option<Instant> {
+        let p = &self.packing;
+        let open = self.open.as_ref()?;
+        let busy = p.busy_keys > 0
+            && self.key_gap * p.busy_keys as f64 <= p.busy_wait.as_secs_f64()
+            && open.len() < p.busy_keys
+            && !self.is_full();
+        busy.then(|| open.born + p.busy_wait)
+    }
+
+    /// The open packet, numbered, if the rules let it leave now with `in_flight` batches
     /// outstanding.
-    fn take(&mut self, in_flight: usize, max_in_flight: usize) -> Option<Batch> {
+    fn take(&mut self, in_flight: usize, now: Instant) -> Option<Batch> {
         let open = self.open.as_ref()?;
         let may = if open.flush {
             in_flight == 0
+        } else if self.is_full() {
+            in_flight < self.packing.max_in_flight
         } else {
-            in_flight == 0 || (self.is_full() && in_flight < max_in_flight)
+            in_flight == 0 && self.busy_until().is_none_or(|until| now >= until)
         };
         if !may {
             return None;
@@ -165,14 +220,12 @@ const MIN_KEY: usize = 250;
 pub async fn dispatch(
     mut rx: mpsc::Receiver<Batch>,
     sinks: Vec<Arc<dyn Sink>>,
-    max_bytes: usize,
-    max_in_flight: usize,
+    packing: Packing,
     acked: watch::Sender<Acked>,
 ) {
     let sinks = Arc::new(sinks);
-    let max_in_flight = max_in_flight.max(1);
     let mut inflight = FuturesOrdered::new();
-    let mut packer = Packer::new(max_bytes);
+    let mut packer = Packer::new(packing);
     let mut open = true;
     let mut state = Acked::default();
     let ack = |b: Arc<Batch>, state: &mut Acked| {
@@ -190,7 +243,7 @@ pub async fn dispatch(
         // Everything already queued joins the open packet before it may leave.
         while packer.has_room() {
             match rx.try_recv() {
-                Ok(piece) => packer.add(piece),
+                Ok(piece) => packer.add(piece, Instant::now()),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     open = false;
@@ -198,7 +251,7 @@ pub async fn dispatch(
                 }
             }
         }
-        while let Some(b) = packer.take(inflight.len(), max_in_flight) {
+        while let Some(b) = packer.take(inflight.len(), Instant::now()) {
             if b.flush {
                 // Everything before it is acknowledged (take waited for that), then its
                 // own keys, then the flush itself; its position is acknowledged
@@ -213,11 +266,14 @@ pub async fn dispatch(
         if !open && inflight.is_empty() && packer.open.is_none() {
             break;
         }
+        let busy_until = packer.busy_until();
         tokio::select! {
             piece = rx.recv(), if open && packer.has_room() => match piece {
-                Some(piece) => packer.add(piece),
+                Some(piece) => packer.add(piece, Instant::now()),
                 None => open = false,
             },
+            () = tokio::time::sleep_until(busy_until.unwrap_or_else(Instant::now).into()),
+                if busy_until.is_some() && inflight.is_empty() => {}
             Some(b) = inflight.next(), if !inflight.is_empty() => ack(b, &mut state),
         }
     }
@@ -269,7 +325,13 @@ mod tests {
             sent: stx,
             flushes: ftx,
         });
-        tokio::spawn(dispatch(rx, vec![sink], max_bytes, max_in_flight, atx));
+        let packing = Packing {
+            max_bytes,
+            max_in_flight,
+            busy_keys: 0,
+            busy_wait: Duration::ZERO,
+        };
+        tokio::spawn(dispatch(rx, vec![sink], packing, atx));
         Rig {
             pieces,
             sent,
@@ -385,5 +447,65 @@ mod tests {
         assert_eq!(keys(&p), ["c"]);
         assert_eq!(r.acked.borrow().pos.as_ref().unwrap().pos, 2);
         d3.send(()).unwrap();
+    }
+
+    #[test]
+    fn under_load_a_packet_waits_for_busy_keys_idle_it_never_waits() {
+        let packing = Packing {
+            max_bytes: 16 * 1024,
+            max_in_flight: 8,
+            busy_keys: 4,
+            busy_wait: Duration::from_millis(2),
+        };
+        let at = |key: &str, pos: u64, t: Instant| {
+            let mut b = piece(key, pos);
+            b.born = t;
+            b
+        };
+        let mut p = Packer::new(packing);
+        let t0 = Instant::now();
+        // Idle: one key after a long silence leaves at once.
+        p.add(at("a", 1, t0), t0);
+        assert!(p.busy_until().is_none());
+        assert_eq!(keys(&p.take(0, t0).unwrap()), ["a"]);
+        // A key every 100 us: 4 keys fill in 400 us < 2 ms, so once the average of the
+        // gaps says so, packets wait for 4 keys.
+        let mut t = t0;
+        let mut sizes = Vec::new();
+        for i in 0..200 {
+            t += Duration::from_micros(100);
+            p.add(at("k", 2 + i, t), t);
+            if let Some(b) = p.take(0, t) {
+                sizes.push(b.len());
+            }
+        }
+        assert_eq!(sizes[0], 1, "not busy yet: {sizes:?}");
+        assert!(
+            sizes[sizes.len() - 10..].iter().all(|&n| n == 4),
+            "{sizes:?}"
+        );
+        // A busy packet short of keys leaves at busy_wait.
+        while p.take(0, t + Duration::from_secs(1)).is_some() {}
+        p.add(at("x", 300, t), t);
+        let until = p.busy_until().expect("still busy");
+        assert_eq!(until, t + Duration::from_millis(2));
+        assert!(p.take(0, t).is_none(), "waits for more keys");
+        assert!(p.take(1, until).is_none(), "and for what is in flight");
+        assert_eq!(
+            keys(&p.take(0, until).unwrap()),
+            ["x"],
+            "but not past busy_wait"
+        );
+        // busy_keys = 0: never waits.
+        let mut q = Packer::new(Packing {
+            busy_keys: 0,
+            ..packing
+        });
+        for i in 0..100 {
+            t += Duration::from_micros(10);
+            q.add(at("q", i, t), t);
+        }
+        assert!(q.busy_until().is_none());
+        assert_eq!(q.take(0, t).unwrap().len(), 100);
     }
 }

@@ -6,7 +6,10 @@
 //! - `squeal_transactions_total`, `squeal_rows_total`, `squeal_keys_total`,
 //!   `squeal_events_total`: rates come from these counters;
 //! - `squeal_keys_per_packet`, `squeal_packet_bytes` (histograms);
-//! - `squeal_sink_latency_seconds{sink}`, `squeal_batch_ack_seconds` (histograms);
+//! - latency by stage (histograms): `squeal_receive_delay_seconds` (source commit to squeal
+//!   reading it; MySQL 8 microsecond commit times only), `squeal_batch_wait_seconds` (read
+//!   to sent), `squeal_sink_latency_seconds{sink}` (sent to acknowledged),
+//!   `squeal_batch_ack_seconds` (read to acknowledged by every sink);
 //! - `squeal_keys_delivered_total`, `squeal_checkpoint_writes_total`;
 //! - errors: `squeal_bad_annotations_total`, `squeal_bad_keys_total` (every dropped key),
 //!   `squeal_keys_dropped_total{reason,table}` (the same by reason and table, counted where

@@ -69,8 +69,7 @@ pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let dispatcher = tokio::spawn(delivery::dispatch(
         brx,
         sinks,
-        cfg.batch.max_bytes,
-        cfg.batch.max_in_flight,
+        delivery::Packing::from(&cfg.batch),
         atx,
     ));
 

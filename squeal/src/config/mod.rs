@@ -203,6 +203,15 @@ pub struct BatchConfig {
     /// Batches handed to the sinks and not yet acknowledged.
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
+    /// Under sustained load (keys arriving fast enough to fill a packet of this many keys
+    /// within `busy_wait_us`), a packet waits for that many keys even with nothing in
+    /// flight: fewer, fuller packets exactly when their per-packet cost adds up. 0 turns it
+    /// off. It never applies on an idle path, where the expected wait would be longer.
+    #[serde(default = "default_busy_keys")]
+    pub busy_keys: usize,
+    /// The longest a packet waits for `busy_keys` under load.
+    #[serde(default = "default_busy_wait_us")]
+    pub busy_wait_us: u64,
 }
 
 fn default_max_bytes() -> usize {
@@ -211,6 +220,12 @@ fn default_max_bytes() -> usize {
 fn default_in_flight() -> usize {
     8
 }
+fn default_busy_keys() -> usize {
+    64
+}
+fn default_busy_wait_us() -> u64 {
+    2000
+}
 
 impl Default for BatchConfig {
     fn default() -> Self {
@@ -218,6 +233,8 @@ impl Default for BatchConfig {
             max_bytes: default_max_bytes(),
             linger_us: None,
             max_in_flight: default_in_flight(),
+            busy_keys: default_busy_keys(),
+            busy_wait_us: default_busy_wait_us(),
         }
     }
 }
@@ -504,6 +521,12 @@ impl BatchConfig {
         }
         if self.max_in_flight == 0 {
             anyhow::bail!("[batch] max_in_flight must be positive");
+        }
+        if self.busy_keys > 0 && !(1..=100_000).contains(&self.busy_wait_us) {
+            anyhow::bail!(
+                "[batch] busy_wait_us must be 1 to 100000 (it bounds how long a key may wait \
+                 under load); set busy_keys = 0 to never wait"
+            );
         }
         Ok(())
     }
