@@ -20,9 +20,19 @@ impl Router {
     /// One pool named `main` over `servers` (`host:port[:weight]`), serving client traffic;
     /// `extra` is appended (e.g. `[limits]` or more pool keys under `[pools.main]`).
     pub fn start(servers: &[String], pool_keys: &str, extra: &str) -> Result<Router> {
+        Router::start_workers(servers, 2, pool_keys, extra)
+    }
+
+    /// [`Router::start`] with `workers` threads.
+    pub fn start_workers(
+        servers: &[String],
+        workers: usize,
+        pool_keys: &str,
+        extra: &str,
+    ) -> Result<Router> {
         let list: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
         let body = format!(
-            "workers = 2\nroute = \"main\"\n\n[pools.main]\nservers = [{}]\n{pool_keys}\n{extra}\n",
+            "workers = {workers}\nroute = \"main\"\n\n[pools.main]\nservers = [{}]\n{pool_keys}\n{extra}\n",
             list.join(", ")
         );
         Router::start_config(&body)

@@ -12,7 +12,7 @@
 //!
 //! Run with `bash tests/bench/router_bench.sh` (builds in release first). Options:
 //! `--seconds N` per measurement (5), `--rounds N` (3, median reported), `--conns N` (50),
-//! `--sizes 32,4096` value sizes, `--threads N` memcaslap threads (2).
+//! `--sizes 32,4096` value sizes, `--threads N` memcaslap threads (2), `--router-workers N` the router's threads (2).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -31,6 +31,7 @@ struct Opts {
     rounds: usize,
     conns: usize,
     threads: usize,
+    router_workers: usize,
     sizes: Vec<usize>,
 }
 
@@ -40,6 +41,7 @@ fn opts() -> Result<Opts> {
         rounds: 3,
         conns: 50,
         threads: 2,
+        router_workers: 2,
         sizes: vec![32, 4096],
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -51,6 +53,7 @@ fn opts() -> Result<Opts> {
             "--rounds" => o.rounds = v.parse()?,
             "--conns" => o.conns = v.parse()?,
             "--threads" => o.threads = v.parse()?,
+            "--router-workers" => o.router_workers = v.parse()?,
             "--sizes" => o.sizes = v.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
             other => bail!("unknown option {other}"),
         }
@@ -109,7 +112,7 @@ fn main() -> Result<()> {
     let o = opts()?;
     let mc = Memcached::start()?;
     let proxy = Twemproxy::start(&TwemproxyPool::ketama(&[mc.addr()]))?;
-    let router = Router::start(&[mc.addr()], "", "")?;
+    let router = Router::start_workers(&[mc.addr()], o.router_workers, "", "")?;
     let dir = tempfile::tempdir()?;
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
