@@ -188,8 +188,9 @@ fn default_outbox_column() -> String {
     "cache_key".into()
 }
 
-/// `[batch]`: packets bounded by bytes and by the batches in flight (no timer: a packet
-/// leaves at once when nothing is in flight, see `delivery`).
+/// `[batch]`: packets bounded by bytes and by the batches in flight (no timer on an idle
+/// path: a packet leaves at once when nothing is in flight; under sustained load it waits
+/// for `busy_keys`, at most `busy_wait_us`; see `delivery`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
@@ -467,7 +468,8 @@ impl Config {
             out.push(format!(
                 "[batch] linger_us = {us} is ignored: packets no longer wait on a timer (one \
                  leaves at once when nothing is in flight; keys accumulate only while a packet \
-                 is in flight, bounded by max_bytes and max_in_flight); remove the line"
+                 is in flight, or under sustained load for busy_keys at most busy_wait_us); \
+                 remove the line"
             ));
         }
         out
@@ -557,6 +559,23 @@ mod tests {
         let c = Config::parse(EXAMPLE).unwrap();
         assert!(!c.sinks.is_empty());
         assert!(!c.extract.rules.is_empty());
+    }
+
+    #[test]
+    fn batch_waits_are_bounded() {
+        let with = |batch: &str| EXAMPLE.replace("busy_wait_us = 2000", batch);
+        assert!(Config::parse(&with("busy_wait_us = 500")).is_ok());
+        let err = format!(
+            "{:#}",
+            Config::parse(&with("busy_wait_us = 0")).unwrap_err()
+        );
+        assert!(err.contains("busy_wait_us must be 1 to 100000"), "{err}");
+        assert!(Config::parse(&with("busy_wait_us = 1000000")).is_err());
+        // busy_keys = 0 turns waiting off, so any wait bound goes.
+        let off = EXAMPLE
+            .replace("busy_keys = 64", "busy_keys = 0")
+            .replace("busy_wait_us = 2000", "busy_wait_us = 0");
+        assert_eq!(Config::parse(&off).unwrap().batch.busy_keys, 0);
     }
 
     #[test]
