@@ -508,4 +508,99 @@ mod tests {
         assert!(q.busy_until().is_none());
         assert_eq!(q.take(0, t).unwrap().len(), 100);
     }
+
+    /// Steps of a random run of the packer: a piece arrives (keys of these lengths, at most
+    /// 4 of them so that a piece fits in 600 bytes as the batcher's do; maybe a flush) some microseconds after the last, or the oldest packet in flight is acked.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Piece {
+            keys: Vec<usize>,
+            flush: bool,
+            after_us: u64,
+        },
+        Ack,
+    }
+
+    fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => (proptest::collection::vec(1usize..120, 1..5), proptest::bool::weighted(0.05), 0u64..400)
+                .prop_map(|(keys, flush, after_us)| Step::Piece { keys, flush, after_us }),
+            2 => Just(Step::Ack),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the arrivals and acks: every key leaves exactly once and in order, no
+        /// packet exceeds max_bytes, at most max_in_flight are out, a flush goes only with
+        /// nothing in flight, and sequence numbers increase.
+        #[test]
+        fn packing_never_loses_reorders_or_overfills(
+            steps in proptest::collection::vec(step(), 1..200),
+            max_in_flight in 1usize..4,
+            busy_keys in 0usize..8,
+        ) {
+            let packing = Packing {
+                max_bytes: 600,
+                max_in_flight,
+                busy_keys,
+                busy_wait: Duration::from_micros(500),
+            };
+            let mut p = Packer::new(packing);
+            let mut now = Instant::now();
+            let mut inflight: std::collections::VecDeque<Batch> = Default::default();
+            let (mut sent, mut added) = (Vec::new(), Vec::new());
+            let mut last_seq = 0;
+            let mut n = 0u64;
+            let mut check = |b: &Batch, inflight_before: usize| {
+                assert!(b.bytes() <= 600, "{} bytes", b.bytes());
+                assert!(inflight_before < max_in_flight || (b.flush && inflight_before == 0));
+                if b.flush {
+                    assert_eq!(inflight_before, 0);
+                }
+                assert!(b.seq > last_seq);
+                last_seq = b.seq;
+            };
+            for s in steps {
+                match s {
+                    Step::Piece { keys: lens, flush, after_us } => {
+                        if !p.has_room() {
+                            // The dispatcher would not read it now: pretend acks came.
+                            inflight.clear();
+                        } else {
+                            now += Duration::from_micros(after_us);
+                            n += 1;
+                            let mut b = piece(&"x".repeat(lens[0]), n);
+                            b.born = now;
+                            for (i, l) in lens[1..].iter().enumerate() {
+                                b.push_key(format!("{n}-{i}-{}", "y".repeat(*l)).as_bytes());
+                            }
+                            b.flush = flush;
+                            added.extend(keys(&b));
+                            p.add(b, now);
+                        }
+                    }
+                    Step::Ack => {
+                        inflight.pop_front();
+                    }
+                }
+                while let Some(b) = p.take(inflight.len(), now) {
+                    check(&b, inflight.len());
+                    sent.extend(keys(&b));
+                    if !b.flush {
+                        inflight.push_back(b);
+                    }
+                }
+            }
+            // Drain: everything acked, time past every wait.
+            let later = now + Duration::from_secs(1);
+            while p.open.is_some() {
+                inflight.clear();
+                let b = p.take(0, later).expect("an idle packer sends what it holds");
+                check(&b, 0);
+                sent.extend(keys(&b));
+            }
+            proptest::prop_assert_eq!(sent, added);
+        }
+    }
 }
