@@ -23,28 +23,32 @@ pub struct Acked {
     pub keys: u64,
 }
 
+/// Sends `batch` to every sink at once (so a second sink adds no round trip), each
+/// retried with backoff until it succeeds; resolves when all have acknowledged.
 async fn deliver(sinks: Arc<Vec<Arc<dyn Sink>>>, batch: Arc<Batch>) -> Arc<Batch> {
-    for sink in sinks.iter() {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            let started = std::time::Instant::now();
-            match sink.send(batch.clone()).await {
-                Ok(()) => {
-                    metrics::histogram!("squeal_sink_latency_seconds", "sink" => sink.name().to_string())
-                        .record(started.elapsed().as_secs_f64());
-                    break;
-                }
-                Err(e) => {
-                    metrics::counter!("squeal_sink_errors_total", "sink" => sink.name().to_string())
-                        .increment(1);
-                    tracing::warn!(sink = sink.name(), seq = batch.seq, error = %e, "delivery failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+    futures_util::future::join_all(sinks.iter().map(|s| deliver_to(s, &batch))).await;
+    batch
+}
+
+async fn deliver_to(sink: &Arc<dyn Sink>, batch: &Arc<Batch>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let started = std::time::Instant::now();
+        match sink.send(batch.clone()).await {
+            Ok(()) => {
+                metrics::histogram!("squeal_sink_latency_seconds", "sink" => sink.name().to_string())
+                    .record(started.elapsed().as_secs_f64());
+                return;
+            }
+            Err(e) => {
+                metrics::counter!("squeal_sink_errors_total", "sink" => sink.name().to_string())
+                    .increment(1);
+                tracing::warn!(sink = sink.name(), seq = batch.seq, error = %e, "delivery failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
-    batch
 }
 
 /// `flush_all` on every sink, each retried with backoff until it succeeds (a flush that is
@@ -396,6 +400,43 @@ mod tests {
         settle().await;
         assert_eq!(r.acked.borrow().pos.as_ref().unwrap().pos, 4);
         assert_eq!(r.acked.borrow().keys, 4);
+    }
+
+    #[tokio::test]
+    async fn every_sink_gets_a_packet_at_once_and_it_is_acked_when_all_did() {
+        let (pieces, rx) = mpsc::channel(64);
+        let (atx, acked) = watch::channel(Acked::default());
+        let (mut gates, mut sinks) = (Vec::new(), Vec::<Arc<dyn Sink>>::new());
+        for _ in 0..2 {
+            let (stx, sent) = mpsc::unbounded_channel();
+            let (ftx, _flushes) = mpsc::unbounded_channel();
+            sinks.push(Arc::new(Gated {
+                sent: stx,
+                flushes: ftx,
+            }));
+            gates.push(sent);
+        }
+        let packing = Packing {
+            max_bytes: 16 * 1024,
+            max_in_flight: 8,
+            busy_keys: 0,
+            busy_wait: Duration::ZERO,
+        };
+        tokio::spawn(dispatch(rx, sinks, packing, atx));
+        pieces.send(piece("a", 1)).await.unwrap();
+        // Both sinks have it before either acknowledged.
+        let (_, d0) = gates[0].recv().await.unwrap();
+        let (_, d1) = tokio::time::timeout(Duration::from_secs(5), gates[1].recv())
+            .await
+            .expect("the second sink got it while the first had not acknowledged")
+            .unwrap();
+        d1.send(()).unwrap();
+        settle().await;
+        assert_eq!(acked.borrow().pos, None, "one sink of two is not delivered");
+        d0.send(()).unwrap();
+        let mut acked = acked;
+        acked.changed().await.unwrap();
+        assert_eq!(acked.borrow().pos.as_ref().unwrap().pos, 1);
     }
 
     #[tokio::test]
