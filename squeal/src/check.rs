@@ -114,8 +114,8 @@ pub async fn check(path: &Path, text: &str, cfg: &Config) -> Report {
         notes: Vec::new(),
     };
     check_sinks(&mut r, cfg);
-    for msg in cfg.ignored_settings() {
-        let line = r.spans.batch.get("linger_us").map(|v| r.line(v.span()));
+    for (key, msg) in cfg.ignored_settings() {
+        let line = r.spans.batch.get(key).map(|v| r.line(v.span()));
         r.notes.push(match line {
             Some(l) => format!("{}:{l}: warning: {msg}", r.file),
             None => format!("{}: warning: {msg}", r.file),
@@ -577,6 +577,22 @@ mod tests {
         assert!(r.problems[0].starts_with("c.toml:8: "), "{:?}", r.problems);
         assert!(
             r.notes.iter().any(|n| n.contains("NOT checked")),
+            "{:?}",
+            r.notes
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ignored_setting_is_a_warning_on_its_line() {
+        let text = "[source]\nurl = \"mysql://root@127.0.0.1:1/\"\nserver_id = 7\n\
+                    [checkpoint]\npath = \"/tmp/x\"\n[batch]\nlinger_us = 500\n\n\
+                    [[sink]]\ntype = \"debug\"\n";
+        let cfg = Config::parse(text).unwrap();
+        let r = check(Path::new("c.toml"), text, &cfg).await;
+        assert!(
+            r.notes
+                .iter()
+                .any(|n| n.starts_with("c.toml:7: warning: [batch] linger_us = 500 is ignored")),
             "{:?}",
             r.notes
         );

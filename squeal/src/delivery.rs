@@ -82,10 +82,7 @@ async fn flush_every_sink(sinks: &[Arc<dyn Sink>]) {
 /// restarted squeal look like one). A run would need more than one batch per microsecond
 /// of downtime to collide with its predecessor.
 fn first_seq() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
+    crate::model::now_micros()
 }
 
 /// How the dispatcher packs pieces into packets (from `[batch]`).

@@ -230,7 +230,7 @@ impl Reader {
                 // The receive stage: from the server's commit (MySQL 8 dates it to the
                 // microsecond) to squeal reading it.
                 metrics::histogram!("squeal_receive_delay_seconds")
-                    .record(now_us().saturating_sub(us) as f64 / 1e6);
+                    .record(crate::model::now_micros().saturating_sub(us) as f64 / 1e6);
             }
             if self.batcher.push(c).await.is_err() {
                 anyhow::bail!("sink stage stopped");
@@ -276,11 +276,4 @@ fn log_problems(problems: &mut Vec<String>, limiter: &mut Limited, end: bool) {
             crate::ratelimit::suppressed_text(n, over)
         );
     }
-}
-
-/// Wall-clock microseconds since the epoch (commit timestamps are on that clock).
-fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
 }

@@ -49,7 +49,7 @@ const PIECES_QUEUED: usize = 512;
 /// Runs squeal until stopped (or, in `UntilCurrent` mode, until caught up).
 pub async fn run(cfg: Config, mode: Mode) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    for msg in cfg.ignored_settings() {
+    for (_, msg) in cfg.ignored_settings() {
         tracing::warn!("{msg}");
     }
     let sinks = sink::build(&cfg.sinks)?;

@@ -461,15 +461,19 @@ impl Config {
         Ok(())
     }
 
-    /// Settings that parse but no longer do anything, each with what to change.
-    pub fn ignored_settings(&self) -> Vec<String> {
+    /// `[batch]` settings that parse but no longer do anything: each key, with what to
+    /// change.
+    pub fn ignored_settings(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
         if let Some(us) = self.batch.linger_us {
-            out.push(format!(
-                "[batch] linger_us = {us} is ignored: packets no longer wait on a timer (one \
+            out.push((
+                "linger_us",
+                format!(
+                    "[batch] linger_us = {us} is ignored: packets no longer wait on a timer (one \
                  leaves at once when nothing is in flight; keys accumulate only while a packet \
                  is in flight, or under sustained load for busy_keys at most busy_wait_us); \
                  remove the line"
+                ),
             ));
         }
         out

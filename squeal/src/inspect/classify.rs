@@ -7,16 +7,7 @@
 
 use std::collections::VecDeque;
 
-/// Microseconds since the Unix epoch (the binlog's commit times are wall-clock times).
-pub type Micros = u64;
-
-/// The wall clock now, in [`Micros`].
-pub fn now_micros() -> Micros {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
-}
+pub use crate::model::{now_micros, Micros};
 
 /// One heartbeat store: sent at `sent`, its answer (with the CAS it got) read at
 /// `answered`.

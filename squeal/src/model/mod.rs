@@ -6,6 +6,17 @@ pub mod transaction;
 
 use transaction::TxnKeys;
 
+/// Microseconds since the Unix epoch: the clock of the binlog's commit times, of batch
+/// numbers and of the inspector's samples.
+pub type Micros = u64;
+
+/// The wall clock now, in [`Micros`].
+pub fn now_micros() -> Micros {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A binlog position: file and byte offset of the next event.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Position {

@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use marker::batch::{self, Ack, AckStatus, Batch as WireBatch, BatchKind, Secret};
 use marker::remote::MarkerPrefix;
@@ -28,18 +28,12 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Sink, SinkError, SinkFuture};
 use crate::batch::Batch;
 use crate::config::SinkTls;
+use crate::model::now_micros;
 
 /// A router connection: TCP, or TLS over it (`[sink.tls]`).
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 type Conn = Box<dyn Stream>;
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as u64
-}
 
 /// squeal's batch as the wire format's batch.
 pub fn wire(batch: &Batch, source: &str, markers: &MarkerPrefix) -> WireBatch {
@@ -49,7 +43,7 @@ pub fn wire(batch: &Batch, source: &str, markers: &MarkerPrefix) -> WireBatch {
         commit_time_us: if batch.commit_time_us > 0 {
             batch.commit_time_us
         } else {
-            now_us()
+            now_micros()
         },
         kind: BatchKind::Deletes,
         entries: batch
@@ -62,7 +56,7 @@ pub fn wire(batch: &Batch, source: &str, markers: &MarkerPrefix) -> WireBatch {
 /// A flush request following batch `seq`. Its time is the moment of the request, which also
 /// tells two flushes with no batch between them apart.
 pub fn wire_flush(source: &str, seq: u64) -> WireBatch {
-    WireBatch::flush_all(source, seq, now_us())
+    WireBatch::flush_all(source, seq, now_micros())
 }
 
 /// Encodes a wire batch as one frame, MAC'd under `context` (a TCP session's, or

@@ -135,18 +135,20 @@ impl Histogram {
     }
 }
 
+/// A number from the environment, or `default` when unset or not a number.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
-    let seconds: u64 = std::env::var("SQUEAL_BENCH_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let seconds: u64 = env_or("SQUEAL_BENCH_SECONDS", 10);
     // Look-aside reader threads (4): closed loops that keep both cores busy, so every stage
     // also waits for a core; 0 shows the pipeline on an otherwise idle machine.
-    let readers: usize = std::env::var("SQUEAL_BENCH_READERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(4);
+    let readers: usize = env_or("SQUEAL_BENCH_READERS", 4);
     let mut region = Region::start(&RegionOptions::default()).await?;
     let (users, probes) = (10_000, 50);
     workload::create_schema(&region.db, users + probes).await?;
